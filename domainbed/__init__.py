@@ -1,0 +1,1 @@
+"""Clean-room, CLI- and file-compatible reimplementation of the DomainBed harness."""

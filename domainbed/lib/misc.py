@@ -1,0 +1,170 @@
+"""Small helpers shared by the harness: seeding, splits, accuracy, table rows, tee."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import sys
+from collections import Counter, defaultdict
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+class UserInputError(Exception):
+    """Bad input from the user (a name, a path, a flag): reported as one message, no traceback."""
+
+
+class UnknownNameError(UserInputError, NotImplementedError):
+    """An algorithm or dataset name that is not registered (upstream raises NotImplementedError)."""
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    """One readable message naming the unknown name, the closest known one and all of them."""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (f"{kind} not found: {name}.{hint} Known {kind.lower()}s: {', '.join(known)}. "
+            f"A plugin's {kind.lower()}s appear once its package is installed.")
+
+
+def seed_hash(*args: Any) -> int:
+    """Derive an integer seed from any hashable args (upstream's exact rule).
+
+    MD5 of the repr of the argument tuple, read as a hex integer, mod 2**31.
+    """
+    args_str = str(args)
+    return int(hashlib.md5(args_str.encode("utf-8")).hexdigest(), 16) % (2 ** 31)
+
+
+class _SplitDataset(torch.utils.data.Dataset):
+    """A view of `underlying_dataset` restricted to the positions in `keys`."""
+
+    def __init__(self, underlying_dataset, keys: Sequence[int]):
+        super().__init__()
+        self.underlying_dataset = underlying_dataset
+        self.keys = list(keys)
+
+    def __getitem__(self, key: int):
+        return self.underlying_dataset[self.keys[key]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def split_dataset(dataset, n: int, seed: int = 0):
+    """Return (first n items, the rest) of a seeded random permutation of `dataset`."""
+    assert n <= len(dataset)
+    keys = list(range(len(dataset)))
+    np.random.RandomState(seed).shuffle(keys)
+    return _SplitDataset(dataset, keys[:n]), _SplitDataset(dataset, keys[n:])
+
+
+def make_weights_for_balanced_classes(dataset) -> torch.Tensor:
+    """Per-sample weights 1 / (count[y] * n_classes), so that classes are sampled equally."""
+    labels = [int(item[1]) for item in dataset]
+    counts = Counter(labels)
+    n_classes = len(counts)
+    weights = torch.zeros(len(labels))
+    for i, y in enumerate(labels):
+        weights[i] = 1.0 / (counts[y] * n_classes)
+    return weights
+
+
+def _correct(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample correctness: argmax for multi-class logits, `p > 0` for one logit."""
+    if p.size(1) == 1:
+        return p.gt(0).view(-1).eq(y.view(-1))
+    return p.argmax(1).eq(y)
+
+
+def evaluate(network, loader, weights, device, with_groups: bool = False):
+    """Accuracy of `network.predict` over `loader`; optionally per (y, a) group too.
+
+    Batches may be `(x, y)` or `(x, y, a)`. Returns the accuracy, or with
+    `with_groups` a pair (accuracy, {(y, a): (correct, total)}), the dict empty
+    when the loader carries no attributes.
+    """
+    correct, total, weights_offset = 0.0, 0.0, 0
+    group_counts: dict = defaultdict(lambda: [0, 0])
+    network.eval()
+    with torch.no_grad():
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1].to(device)
+            p = network.predict(x)
+            if weights is None:
+                batch_weights = torch.ones(len(x))
+            else:
+                batch_weights = weights[weights_offset: weights_offset + len(x)]
+                weights_offset += len(x)
+            batch_weights = batch_weights.to(device)
+            hits = _correct(p, y).float()
+            correct += (hits * batch_weights.view(-1)).sum().item()
+            total += batch_weights.sum().item()
+            if with_groups and len(batch) > 2:
+                for yi, ai, hi in zip(y.tolist(), batch[2].tolist(), hits.tolist()):
+                    group_counts[(int(yi), int(ai))][0] += hi
+                    group_counts[(int(yi), int(ai))][1] += 1
+    network.train()
+    acc = correct / total
+    if with_groups:
+        return acc, {k: tuple(v) for k, v in sorted(group_counts.items())}
+    return acc
+
+
+def accuracy(network, loader, weights, device) -> float:
+    """Upstream's `misc.accuracy`: (weighted) fraction of correct predictions."""
+    return evaluate(network, loader, weights, device)
+
+
+def group_accuracies(group_counts: dict) -> dict[str, float]:
+    """Map {(y, a): (correct, total)} to {"y=<y>,a=<a>": accuracy}."""
+    return {f"y={y},a={a}": c / t for (y, a), (c, t) in sorted(group_counts.items()) if t > 0}
+
+
+def worst_group_accuracy(group_counts: dict) -> float:
+    """Minimum accuracy over the groups present (total > 0)."""
+    accs = [c / t for c, t in group_counts.values() if t > 0]
+    return min(accs) if accs else float("nan")
+
+
+def print_separator() -> None:
+    print("=" * 80)
+
+
+def format_cell(x: Any, colwidth: int) -> str:
+    """A table cell: floats as %.10f, then left-justified and truncated to colwidth."""
+    if np.issubdtype(type(x), np.floating):
+        x = "{:.10f}".format(x)
+    return str(x).ljust(colwidth)[:colwidth]
+
+
+def print_row(row: Iterable[Any], colwidth: int = 10, latex: bool = False) -> None:
+    """Print one table row the way upstream does (two-space separator, trailing space)."""
+    if latex:
+        sep, end_ = " & ", "\\\\"
+    else:
+        sep, end_ = "  ", ""
+    print(sep.join([format_cell(x, colwidth) for x in row]), end_)
+
+
+class Tee:
+    """Write to stdout (or stderr) and to a file at once, flushing both."""
+
+    def __init__(self, fname: str, mode: str = "a", stream=None):
+        self.stream = stream if stream is not None else sys.stdout
+        self.file = open(fname, mode)
+
+    def write(self, message: str) -> None:
+        self.stream.write(message)
+        self.file.write(message)
+        self.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()

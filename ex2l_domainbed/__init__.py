@@ -1,0 +1,1 @@
+"""eXplaining to Learn (eX2L) as a DomainBed plugin."""

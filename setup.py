@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ex2l-domainbed",
+    version="0.1.0",
+    description=(
+        "eXplaining to Learn (eX2L) as a DomainBed plugin, with a clean-room, "
+        "DomainBed-compatible harness"
+    ),
+    python_requires=">=3.9",
+    packages=find_packages(include=["domainbed", "domainbed.*", "ex2l_domainbed", "ex2l_domainbed.*"]),
+    install_requires=[
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "numpy",
+        "Pillow",
+        "tqdm",
+        "submitit",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "domainbed.plugins": ["ex2l = ex2l_domainbed.plugin:register"],
+    },
+)
