@@ -1,0 +1,361 @@
+"""Featurizers and classifiers, compatible with DomainBed's `networks` module.
+
+Every convolutional featurizer here splits its forward pass in two so that Grad-CAM
+needs no hooks:
+
+    A = featurizer.forward_maps(x)   # last spatial feature map [B, K, h, w]
+    z = featurizer.pool(A)           # GAP + flatten + dropout + activation -> [B, K]
+    featurizer(x) == featurizer.pool(featurizer.forward_maps(x))
+
+ImageNet weights are never downloaded: they come from the local torch hub cache or
+from a file given with the `pretrained_path` hparam.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torchvision
+
+Shape = Sequence[int]
+
+
+class Identity(nn.Module):
+    """A layer that returns its input (stands in for a removed head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class PretrainedWeightsMissing(FileNotFoundError):
+    """ImageNet weights are needed but are neither in the torch cache nor at the given path."""
+
+
+# ---------------------------------------------------------------------------------------
+# Shared pieces of the conv featurizers
+
+
+class _MapFeaturizer(nn.Module):
+    """Base for conv featurizers: forward is defined as pool(forward_maps(x)), always."""
+
+    n_outputs: int
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Global average pooling, flatten, dropout, activation: exactly forward's tail."""
+        z = self.avgpool(maps).flatten(1)
+        return self.activation(self.dropout(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_maps(x))
+
+
+def _load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from disk (tensors only), naming the file in every error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"{what}: could not read {path} as a torch state dict: {exc}") from exc
+    # Accept the common wrappers {'state_dict': ...} / {'model': ...} around the weights.
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise RuntimeError(f"{what}: {path} does not hold a state dict of tensors")
+    # Weights saved from nn.DataParallel carry a 'module.' prefix.
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# MNIST
+
+
+class MNIST_CNN(_MapFeaturizer):
+    """Upstream's small CNN for 28x28 inputs; GroupNorm comes after each ReLU."""
+
+    n_outputs = 128
+
+    def __init__(self, input_shape: Shape):
+        super().__init__()
+        c_in = input_shape[0]
+        self.conv1 = nn.Conv2d(c_in, 64, 3, 1, padding=1)
+        self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.conv4 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.bn0 = nn.GroupNorm(8, 64)
+        self.bn1 = nn.GroupNorm(8, 128)
+        self.bn2 = nn.GroupNorm(8, 128)
+        self.bn3 = nn.GroupNorm(8, 128)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = Identity()  # upstream has no dropout here
+        self.activation = Identity()
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(torch.relu(self.conv1(x)))
+        x = self.bn1(torch.relu(self.conv2(x)))
+        x = self.bn2(torch.relu(self.conv3(x)))
+        return self.bn3(torch.relu(self.conv4(x)))
+
+
+# ---------------------------------------------------------------------------------------
+# Spawrious-Lite
+
+
+class LiteCNN(_MapFeaturizer):
+    """Small CNN for low-resolution colour images (Spawrious-Lite, 64x64 -> 8x8x64 map).
+
+    Four blocks of 3x3 conv + BatchNorm + ReLU (widths 16/32/64/64); the first conv has
+    stride 2 and blocks 2 and 3 end in a 2x2 max-pool. Blocks live in `self.blocks` so a
+    pretrained backbone can be partly frozen (`freeze_blocks`).
+    """
+
+    n_outputs = 64
+    WIDTHS = (16, 32, 64, 64)
+
+    def __init__(self, input_shape: Shape, hparams: Mapping[str, Any]):
+        super().__init__()
+        blocks = []
+        c_in = input_shape[0]
+        for i, width in enumerate(self.WIDTHS):
+            layers: list[nn.Module] = [
+                nn.Conv2d(c_in, width, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if i in (1, 2):
+                layers.append(nn.MaxPool2d(2))
+            blocks.append(nn.Sequential(*layers))
+            c_in = width
+        self.blocks = nn.ModuleList(blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(hparams.get("resnet_dropout", 0.0))
+        self.activation = Identity()
+        self.n_frozen = 0
+        self.freeze_blocks(int(hparams.get("lite_freeze_blocks", 0)))
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def freeze_blocks(self, k: int) -> None:
+        """Freeze the first k blocks (and unfreeze the rest).
+
+        Frozen blocks get requires_grad=False and their BatchNorm layers stay in eval
+        mode (see `train`), so a frozen block computes a fixed function.
+        """
+        if not 0 <= k <= len(self.blocks):
+            raise ValueError(f"lite_freeze_blocks must be in 0..{len(self.blocks)}, got {k}")
+        self.n_frozen = k
+        for i, block in enumerate(self.blocks):
+            for p in block.parameters():
+                p.requires_grad_(i >= k)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "LiteCNN":
+        super().train(mode)
+        for block in self.blocks[: self.n_frozen]:
+            block.eval()
+        return self
+
+    def load_backbone(self, path: str) -> None:
+        """Load pretrained conv/BN weights (keys as in this module's state dict).
+
+        Keys of other modules (e.g. a pretraining head) are ignored; every conv/BN key of
+        this backbone must be present with the right shape. An optional prefix common to
+        all keys (such as 'featurizer.' or 'network.0.') is stripped.
+        """
+        what = "LiteCNN backbone weights"
+        loaded = _load_state_dict_file(path, what)
+        own = self.state_dict()
+        required = [k for k in own if not k.endswith("num_batches_tracked")]
+        prefix = _find_prefix(loaded, required)
+        if prefix is None:
+            missing = [k for k in required if k not in loaded]
+            raise RuntimeError(
+                f"{what}: {path} lacks {len(missing)} conv/BN keys, e.g. {missing[:4]} "
+                f"(expected keys like {required[:2]})"
+            )
+        new_state = {}
+        for k in own:
+            src = prefix + k
+            if src not in loaded:  # only num_batches_tracked may be absent
+                continue
+            if loaded[src].shape != own[k].shape:
+                raise RuntimeError(
+                    f"{what}: {path}: '{src}' has shape {tuple(loaded[src].shape)}, "
+                    f"expected {tuple(own[k].shape)}"
+                )
+            new_state[k] = loaded[src]
+        self.load_state_dict(new_state, strict=False)
+
+
+def _find_prefix(loaded: Mapping[str, Any], required: Sequence[str]) -> str | None:
+    """The prefix p such that every required key k is present as p + k, or None."""
+    candidates = {""}
+    first = required[0]
+    candidates |= {k[: -len(first)] for k in loaded if k.endswith("." + first)}
+    for p in sorted(candidates, key=len):
+        if all(p + k in loaded for k in required):
+            return p
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# ResNet
+
+
+_TORCHVISION_WEIGHTS = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
+
+
+def pretrained_cache_path(arch: str) -> str:
+    """Where torchvision keeps the ImageNet weights of `arch` in the local torch hub cache."""
+    filename = os.path.basename(_TORCHVISION_WEIGHTS[arch].url)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def _imagenet_state_dict(arch: str, hparams: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """ImageNet weights from `pretrained_path` or the torch cache; never from the network."""
+    path = hparams.get("pretrained_path", "") or ""
+    if path:
+        if not os.path.isfile(path):
+            raise PretrainedWeightsMissing(
+                f"pretrained_path={path!r} does not exist. Point it to a {arch} state dict "
+                f"file, or train from scratch with --hparams '{{\"pretrained\": false}}'."
+            )
+        return _load_state_dict_file(path, f"{arch} ImageNet weights (pretrained_path)")
+    cached = pretrained_cache_path(arch)
+    if not os.path.isfile(cached):
+        url = _TORCHVISION_WEIGHTS[arch].url
+        raise PretrainedWeightsMissing(
+            f"ImageNet weights for {arch} not found at {cached} (no download is attempted). "
+            f"Either copy torchvision's file ({url}) to that path (or set TORCH_HOME to a "
+            f"directory whose hub/checkpoints/ holds it), or pass "
+            f"--hparams '{{\"pretrained_path\": \"/path/to/{arch}.pth\"}}', "
+            f"or train from scratch with --hparams '{{\"pretrained\": false}}'."
+        )
+    return _load_state_dict_file(cached, f"{arch} ImageNet weights (torch cache)")
+
+
+class ResNet(_MapFeaturizer):
+    """torchvision ResNet-18/50 with the head removed and (by default) BatchNorm frozen."""
+
+    def __init__(self, input_shape: Shape, hparams: Mapping[str, Any]):
+        super().__init__()
+        arch = "resnet18" if hparams.get("resnet18", False) else "resnet50"
+        self.network = getattr(torchvision.models, arch)(weights=None)
+        self.n_outputs = 512 if arch == "resnet18" else 2048
+        if hparams.get("pretrained", True):
+            state = _imagenet_state_dict(arch, hparams)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, _ = self.network.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing:
+                raise RuntimeError(
+                    f"{arch} ImageNet weights lack {len(missing)} keys, e.g. {missing[:4]}"
+                )
+
+        # Inputs with other than 3 channels: input channel i reuses weights of channel i % 3.
+        nc = input_shape[0]
+        if nc != 3:
+            old = self.network.conv1.weight.data.clone()
+            self.network.conv1 = nn.Conv2d(nc, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            with torch.no_grad():
+                for i in range(nc):
+                    self.network.conv1.weight[:, i] = old[:, i % 3]
+
+        self.network.fc = Identity()
+        self.avgpool = self.network.avgpool
+        self.dropout = nn.Dropout(hparams.get("resnet_dropout", 0.0))
+        self.activation = Identity()
+        self.bn_frozen = bool(hparams.get("freeze_bn", True))
+        self.train(self.training)
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.network
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """Switch mode, then keep BatchNorm running statistics frozen if asked."""
+        super().train(mode)
+        if self.bn_frozen:
+            self.freeze_bn()
+        return self
+
+    def freeze_bn(self) -> None:
+        """Put every BatchNorm2d in eval mode; affine parameters remain trainable."""
+        for m in self.network.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# MLP, classifier, factory
+
+
+class MLP(nn.Module):
+    """A plain MLP (for vector inputs); dropout precedes each ReLU, as upstream."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, hparams: Mapping[str, Any]):
+        super().__init__()
+        width = hparams["mlp_width"]
+        self.input = nn.Linear(n_inputs, width)
+        self.dropout = nn.Dropout(hparams["mlp_dropout"])
+        self.hiddens = nn.ModuleList(
+            [nn.Linear(width, width) for _ in range(hparams["mlp_depth"] - 2)]
+        )
+        self.output = nn.Linear(width, n_outputs)
+        self.n_outputs = n_outputs
+        self.activation = Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.dropout(self.input(x)))
+        for hidden in self.hiddens:
+            x = torch.relu(self.dropout(hidden(x)))
+        return self.activation(self.output(x))
+
+
+def Classifier(in_features: int, out_features: int, is_nonlinear: bool = False) -> nn.Module:
+    """The head on top of a featurizer: linear, or a 3-layer MLP that halves the width twice."""
+    if is_nonlinear:
+        return nn.Sequential(
+            nn.Linear(in_features, in_features // 2),
+            nn.ReLU(),
+            nn.Linear(in_features // 2, in_features // 4),
+            nn.ReLU(),
+            nn.Linear(in_features // 4, out_features),
+        )
+    return nn.Linear(in_features, out_features)
+
+
+LITE_MIN_SIZE, LITE_MAX_SIZE = 32, 128
+
+
+def Featurizer(input_shape: Shape, hparams: Mapping[str, Any]) -> nn.Module:
+    """Pick the featurizer that fits `input_shape` (C, H, W) or (D,)."""
+    shape = tuple(input_shape)
+    if len(shape) == 1:
+        return MLP(shape[0], hparams["mlp_width"], hparams)
+    if len(shape) == 3:
+        hw = shape[1:3]
+        if hw == (28, 28):
+            return MNIST_CNN(shape)
+        if hw == (224, 224):
+            return ResNet(shape, hparams)
+        if all(LITE_MIN_SIZE <= s <= LITE_MAX_SIZE for s in hw):
+            return LiteCNN(shape, hparams)
+    raise NotImplementedError(
+        f"No featurizer for input shape {shape}. Supported: (D,) -> MLP; (C, 28, 28) -> "
+        f"MNIST_CNN; (C, 224, 224) -> ResNet; (C, H, W) with {LITE_MIN_SIZE} <= H, W <= "
+        f"{LITE_MAX_SIZE} -> LiteCNN."
+    )
