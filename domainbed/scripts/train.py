@@ -1,0 +1,343 @@
+"""Train one algorithm on one dataset: upstream DomainBed's `train.py`, compatible.
+
+Same flags, seeding, splits, `results.jsonl` keys, checkpoint files and `done`
+protocol. Added: worst-group keys for attribute-aware datasets, a progress bar on
+terminals, a clear message (and no `done`) for bad input or a diverged loss, and
+relaunch safety: a previous, unfinished `results.jsonl` is kept aside, not appended to.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+import torch.utils.data
+from tqdm import tqdm
+
+from domainbed import algorithms, datasets, hparams_registry
+from domainbed.lib import misc
+from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
+from domainbed.plugins import load_plugins
+
+EVAL_BATCH_SIZE = 64
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Domain generalization")
+    parser.add_argument("--data_dir", type=str)
+    parser.add_argument("--dataset", type=str, default="RotatedMNIST")
+    parser.add_argument("--algorithm", type=str, default="ERM")
+    parser.add_argument("--task", type=str, default="domain_generalization",
+                        choices=["domain_generalization", "domain_adaptation"])
+    parser.add_argument("--hparams", type=str, help="JSON-serialized hparams dict")
+    parser.add_argument("--hparams_seed", type=int, default=0,
+                        help='Seed for random hparams (0 means "default hparams")')
+    parser.add_argument("--trial_seed", type=int, default=0,
+                        help="Trial number (used for seeding split_dataset and random_hparams).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for everything else")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Number of steps. Default is dataset-dependent.")
+    parser.add_argument("--checkpoint_freq", type=int, default=None,
+                        help="Checkpoint every N steps. Default is dataset-dependent.")
+    parser.add_argument("--test_envs", type=int, nargs="+", default=[0])
+    parser.add_argument("--output_dir", type=str, default="train_output")
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--uda_holdout_fraction", type=float, default=0,
+                        help="For domain adaptation, % of test to use unlabeled for training.")
+    parser.add_argument("--skip_model_save", action="store_true")
+    parser.add_argument("--save_model_every_checkpoint", action="store_true")
+    return parser
+
+
+def validate_args(args: argparse.Namespace):
+    """Check everything that can be checked before touching the output folder."""
+    dataset_class = datasets.get_dataset_class(args.dataset)
+    algorithm_class = algorithms.get_algorithm_class(args.algorithm)
+    n_envs = len(dataset_class.ENVIRONMENTS)
+    for env in args.test_envs:
+        if not 0 <= env < n_envs:
+            raise misc.UserInputError(
+                f"--test_envs {env} is out of range: {args.dataset} has {n_envs} environments "
+                f"(0..{n_envs - 1}: {', '.join(dataset_class.ENVIRONMENTS)}).")
+    if len(set(args.test_envs)) == n_envs:
+        raise misc.UserInputError(
+            f"--test_envs {args.test_envs} leaves no training environment in {args.dataset}.")
+    for flag in ("steps", "checkpoint_freq"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise misc.UserInputError(f"--{flag} must be a positive integer, got {value}.")
+    if not 0 <= args.holdout_fraction < 1:
+        raise misc.UserInputError(
+            f"--holdout_fraction must be in [0, 1), got {args.holdout_fraction}.")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise misc.UserInputError(
+            f"--output_dir {args.output_dir} is a file, not a folder. "
+            "Choose another path or remove that file.")
+    return dataset_class, algorithm_class
+
+
+def choose_hparams(args: argparse.Namespace) -> dict[str, Any]:
+    """Upstream's rule: defaults for hparams_seed 0, else seeded random values; then --hparams."""
+    if args.hparams_seed == 0:
+        hparams = hparams_registry.default_hparams(args.algorithm, args.dataset)
+    else:
+        hparams = hparams_registry.random_hparams(
+            args.algorithm, args.dataset, misc.seed_hash(args.hparams_seed, args.trial_seed))
+    if args.hparams:
+        overrides = hparams_registry.parse_hparams_json(args.hparams)
+        hparams_registry.apply_overrides(hparams, overrides, args.algorithm, args.dataset)
+    return hparams
+
+
+def set_aside_previous_run(output_dir: str) -> None:
+    """Training restarts from step 0, so earlier records move aside instead of being appended to."""
+    done_path = os.path.join(output_dir, "done")
+    if os.path.exists(done_path):
+        os.remove(done_path)
+    results_path = os.path.join(output_dir, "results.jsonl")
+    if os.path.exists(results_path):
+        n = 1
+        while os.path.exists(f"{results_path}.previous{n}"):
+            n += 1
+        os.replace(results_path, f"{results_path}.previous{n}")
+        print(f"Kept the previous run's records as {results_path}.previous{n}")
+
+
+def print_environment() -> None:
+    print("Environment:")
+    print("\tPython: {}".format(sys.version.split(" ")[0]))
+    print("\tPyTorch: {}".format(torch.__version__))
+    print("\tTorchvision: {}".format(torchvision.__version__))
+    print("\tCUDA: {}".format(torch.version.cuda))
+    print("\tCUDNN: {}".format(torch.backends.cudnn.version()))
+    print("\tNumPy: {}".format(np.__version__))
+    print("\tPIL: {}".format(PIL.__version__))
+    print("\tThreads: {}".format(torch.get_num_threads()))
+
+
+def make_splits(dataset, args, hparams):
+    """Upstream's splits: per env an out (holdout) split, an in split, and for test envs a uda split."""
+    in_splits, out_splits, uda_splits = [], [], []
+    for env_i, env in enumerate(dataset):
+        uda = []
+        out, in_ = misc.split_dataset(
+            env, int(len(env) * args.holdout_fraction), misc.seed_hash(args.trial_seed, env_i))
+        if env_i in args.test_envs:
+            uda, in_ = misc.split_dataset(
+                in_, int(len(in_) * args.uda_holdout_fraction),
+                misc.seed_hash(args.trial_seed, env_i))
+        if hparams["class_balanced"]:
+            in_weights = misc.make_weights_for_balanced_classes(in_)
+            out_weights = misc.make_weights_for_balanced_classes(out)
+            uda_weights = misc.make_weights_for_balanced_classes(uda) if uda else None
+        else:
+            in_weights, out_weights, uda_weights = None, None, None
+        in_splits.append((in_, in_weights))
+        out_splits.append((out, out_weights))
+        if len(uda):
+            uda_splits.append((uda, uda_weights))
+    if args.task == "domain_adaptation" and len(uda_splits) == 0:
+        raise misc.UserInputError("Not enough unlabeled samples for domain adaptation.")
+    return in_splits, out_splits, uda_splits
+
+
+def check_batch_size(dataset, in_splits, args, hparams) -> None:
+    """An in-split smaller than the batch never yields a batch (upstream then hangs)."""
+    batch_size = hparams["batch_size"]
+    for i, (env, _) in enumerate(in_splits):
+        if i in args.test_envs or len(env) >= batch_size:
+            continue
+        raise misc.UserInputError(
+            f"Training environment {i} ('{dataset.ENVIRONMENTS[i]}') of {args.dataset} has "
+            f"{len(env)} examples in its in-split, fewer than batch_size {batch_size}, so no "
+            f"batch can be drawn. Lower the batch size (--hparams '{{\"batch_size\": {len(env)}}}') "
+            "or the --holdout_fraction.")
+
+
+def num_workers(dataset) -> int:
+    """The dataset's worker count, overridable with DOMAINBED_NUM_WORKERS."""
+    return int(os.environ.get("DOMAINBED_NUM_WORKERS", dataset.N_WORKERS))
+
+
+def save_checkpoint(path: str, algorithm, args, dataset, hparams) -> None:
+    """Write upstream's checkpoint dict to a temporary name, then rename it into place."""
+    save_dict = {
+        "args": vars(args),
+        "model_input_shape": dataset.input_shape,
+        "model_num_classes": dataset.num_classes,
+        "model_num_domains": len(dataset) - len(args.test_envs),
+        "model_hparams": hparams,
+        "model_dict": algorithm.state_dict(),
+    }
+    tmp_path = path + ".tmp"
+    torch.save(save_dict, tmp_path)
+    os.replace(tmp_path, path)
+
+
+def evaluate_all(algorithm, eval_loaders, device, with_groups: bool):
+    """Accuracy per eval loader; with attributes also worst-group accuracy and per-group accuracy."""
+    accs, nested = {}, {}
+    for name, loader, weights in eval_loaders:
+        if with_groups:
+            acc, counts = misc.evaluate(algorithm, loader, weights, device, with_groups=True)
+            accs[name + "_wga"] = misc.worst_group_accuracy(counts)
+            nested[name + "_group_acc"] = misc.group_accuracies(counts)
+        else:
+            acc = misc.accuracy(algorithm, loader, weights, device)
+        accs[name + "_acc"] = acc
+    return accs, nested
+
+
+def append_record(path: str, record: dict) -> None:
+    """Append one JSON line and flush it to disk, so a killed run loses no finished record."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_finite(step_vals: dict, step: int) -> None:
+    for key, value in step_vals.items():
+        if "loss" in key and not np.isfinite(value):
+            raise TrainingDiverged(
+                f"Training diverged: '{key}' became {value} at step {step}. Try a lower lr "
+                "(--hparams '{\"lr\": ...}'); no model and no done marker were written.")
+
+
+def as_pairs(batch):
+    """Drop the attribute for algorithms that expect upstream's (x, y) pairs."""
+    return batch[0], batch[1]
+
+
+def train(args: argparse.Namespace) -> None:
+    load_plugins()
+    dataset_class, algorithm_class = validate_args(args)
+    hparams = choose_hparams(args)
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"), stream=sys.__stdout__)
+    sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"), stream=sys.__stderr__)
+    set_aside_previous_run(args.output_dir)
+
+    print_environment()
+    print("Args:")
+    for k, v in sorted(vars(args).items()):
+        print("\t{}: {}".format(k, v))
+    print("HParams:")
+    for k, v in sorted(hparams.items()):
+        print("\t{}: {}".format(k, v))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    dataset = dataset_class(args.data_dir, args.test_envs, hparams)
+    with_groups = datasets.has_attributes(dataset)
+    in_splits, out_splits, uda_splits = make_splits(dataset, args, hparams)
+    check_batch_size(dataset, in_splits, args, hparams)
+
+    workers = num_workers(dataset)
+    train_loaders = [
+        InfiniteDataLoader(env, weights, hparams["batch_size"], workers)
+        for i, (env, weights) in enumerate(in_splits) if i not in args.test_envs]
+    uda_loaders = [
+        InfiniteDataLoader(env, weights, hparams["batch_size"], workers)
+        for env, weights in uda_splits]
+    eval_loaders = [
+        FastDataLoader(env, EVAL_BATCH_SIZE, workers)
+        for env, _ in (in_splits + out_splits + uda_splits)]
+    eval_weights = [None for _, weights in (in_splits + out_splits + uda_splits)]
+    eval_names = (["env{}_in".format(i) for i in range(len(in_splits))]
+                  + ["env{}_out".format(i) for i in range(len(out_splits))]
+                  + ["env{}_uda".format(i) for i in range(len(uda_splits))])
+    evals = list(zip(eval_names, eval_loaders, eval_weights))
+
+    algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
+                                len(dataset) - len(args.test_envs), hparams)
+    algorithm.to(device)
+    keep_attributes = with_groups and getattr(algorithm_class, "USES_ATTRIBUTES", False)
+
+    train_minibatches_iterator = zip(*train_loaders)
+    uda_minibatches_iterator = zip(*uda_loaders)
+    checkpoint_vals: dict[str, list] = {}
+    steps_per_epoch = min([len(env) / hparams["batch_size"] for env, _ in in_splits])
+    n_steps = args.steps or dataset.N_STEPS
+    checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    results_path = os.path.join(args.output_dir, "results.jsonl")
+    last_results_keys = None
+
+    progress = tqdm(range(n_steps), desc="train", unit="step", file=sys.__stderr__,
+                    disable=not sys.__stderr__.isatty(), dynamic_ncols=True)
+    for step in progress:
+        step_start_time = time.time()
+        minibatches_device = [
+            tuple(t.to(device) for t in (batch if keep_attributes else as_pairs(batch)))
+            for batch in next(train_minibatches_iterator)]
+        uda_device = None
+        if args.task == "domain_adaptation":
+            uda_device = [x.to(device) for x, *_ in next(uda_minibatches_iterator)]
+        step_vals = algorithm.update(minibatches_device, uda_device)
+        checkpoint_vals.setdefault("step_time", []).append(time.time() - step_start_time)
+        for key, val in step_vals.items():
+            checkpoint_vals.setdefault(key, []).append(val)
+        check_finite(step_vals, step)
+
+        if (step % checkpoint_freq == 0) or (step == n_steps - 1):
+            results: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
+            for key, val in checkpoint_vals.items():
+                results[key] = np.mean(val)
+            accs, nested = evaluate_all(algorithm, evals, device, with_groups)
+            results.update(accs)
+            results["mem_gb"] = torch.cuda.max_memory_allocated() / (1024.0 * 1024.0 * 1024.0)
+
+            progress.clear()
+            results_keys = sorted(results.keys())
+            if results_keys != last_results_keys:
+                misc.print_row(results_keys, colwidth=12)
+                last_results_keys = results_keys
+            misc.print_row([results[key] for key in results_keys], colwidth=12)
+            progress.refresh()
+
+            results.update(nested)
+            results.update({"hparams": hparams, "args": vars(args)})
+            append_record(results_path, results)
+            checkpoint_vals = {}
+            if args.save_model_every_checkpoint and not args.skip_model_save:
+                save_checkpoint(os.path.join(args.output_dir, f"model_step{step}.pkl"),
+                                algorithm, args, dataset, hparams)
+    progress.close()
+
+    if not args.skip_model_save:
+        save_checkpoint(os.path.join(args.output_dir, "model.pkl"), algorithm, args, dataset, hparams)
+    with open(os.path.join(args.output_dir, "done.tmp"), "w") as f:
+        f.write("done")
+    os.replace(os.path.join(args.output_dir, "done.tmp"), os.path.join(args.output_dir, "done"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except (misc.UserInputError, FileNotFoundError, TrainingDiverged) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, TrainingDiverged) else 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
