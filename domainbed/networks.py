@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torchvision
 
 Shape = Sequence[int]
 
@@ -211,15 +210,18 @@ def _find_prefix(loaded: Mapping[str, Any], required: Sequence[str]) -> str | No
 # ResNet
 
 
-_TORCHVISION_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-}
+def _torchvision_weights(arch: str):
+    # torchvision is imported only when a ResNet is built: it costs ~1.5 s per process.
+    import torchvision
+    return {
+        "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    }[arch]
 
 
 def pretrained_cache_path(arch: str) -> str:
     """Where torchvision keeps the ImageNet weights of `arch` in the local torch hub cache."""
-    filename = os.path.basename(_TORCHVISION_WEIGHTS[arch].url)
+    filename = os.path.basename(_torchvision_weights(arch).url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
@@ -235,7 +237,7 @@ def _imagenet_state_dict(arch: str, hparams: Mapping[str, Any]) -> dict[str, tor
         return _load_state_dict_file(path, f"{arch} ImageNet weights (pretrained_path)")
     cached = pretrained_cache_path(arch)
     if not os.path.isfile(cached):
-        url = _TORCHVISION_WEIGHTS[arch].url
+        url = _torchvision_weights(arch).url
         raise PretrainedWeightsMissing(
             f"ImageNet weights for {arch} not found at {cached} (no download is attempted). "
             f"Either copy torchvision's file ({url}) to that path (or set TORCH_HOME to a "
@@ -252,6 +254,7 @@ class ResNet(_MapFeaturizer):
     def __init__(self, input_shape: Shape, hparams: Mapping[str, Any]):
         super().__init__()
         arch = "resnet18" if hparams.get("resnet18", False) else "resnet50"
+        import torchvision
         self.network = getattr(torchvision.models, arch)(weights=None)
         self.n_outputs = 512 if arch == "resnet18" else 2048
         if hparams.get("pretrained", True):
