@@ -1,0 +1,239 @@
+"""Run a sweep: upstream DomainBed's `sweep.py`, compatible.
+
+Same flags, job enumeration, output-directory hashes and command strings. Added:
+`--test_envs` (one fixed set of test environments, e.g. `0` for Spawrious), and
+up-front checks of names, test environments and --hparams, so a typo fails before
+any job is created.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+
+import numpy as np
+import tqdm
+
+from domainbed import algorithms, command_launchers, datasets, hparams_registry
+from domainbed.lib import misc
+from domainbed.plugins import load_plugins
+
+load_plugins()  # before DATASETS is computed, so plugin datasets are swept by default
+
+
+class Job:
+    NOT_LAUNCHED = "Not launched"
+    INCOMPLETE = "Incomplete"
+    DONE = "Done"
+
+    def __init__(self, train_args: dict, sweep_output_dir: str):
+        args_str = json.dumps(train_args, sort_keys=True)
+        args_hash = hashlib.md5(args_str.encode("utf-8")).hexdigest()
+        self.output_dir = os.path.join(sweep_output_dir, args_hash)
+
+        self.train_args = copy.deepcopy(train_args)
+        self.train_args["output_dir"] = self.output_dir
+        command = ["python", "-m", "domainbed.scripts.train"]
+        for k, v in sorted(self.train_args.items()):
+            if isinstance(v, list):
+                v = " ".join([str(v_) for v_ in v])
+            elif isinstance(v, str):
+                v = shlex.quote(v)
+            command.append(f"--{k} {v}")
+        self.command_str = " ".join(command)
+
+        if os.path.exists(os.path.join(self.output_dir, "done")):
+            self.state = Job.DONE
+        elif os.path.exists(self.output_dir):
+            self.state = Job.INCOMPLETE
+        else:
+            self.state = Job.NOT_LAUNCHED
+
+    def __str__(self) -> str:
+        job_info = (self.train_args["dataset"], self.train_args["algorithm"],
+                    self.train_args["test_envs"], self.train_args["hparams_seed"])
+        return "{}: {} {}".format(self.state, self.output_dir, job_info)
+
+    @staticmethod
+    def launch(jobs: list["Job"], launcher_fn) -> None:
+        print("Launching...")
+        jobs = jobs.copy()
+        np.random.shuffle(jobs)
+        print("Making job directories:")
+        for job in tqdm.tqdm(jobs, leave=False):
+            os.makedirs(job.output_dir, exist_ok=True)
+        commands = [job.command_str for job in jobs]
+        launcher_fn(commands)
+        print(f"Launched {len(jobs)} jobs!")
+
+    @staticmethod
+    def delete(jobs: list["Job"]) -> None:
+        print("Deleting...")
+        for job in jobs:
+            shutil.rmtree(job.output_dir)
+        print(f"Deleted {len(jobs)} jobs!")
+
+
+def all_test_env_combinations(n: int):
+    """For a dataset with n >= 3 envs, yield [i] and then [i, j] for every j > i."""
+    assert n >= 3
+    for i in range(n):
+        yield [i]
+        for j in range(i + 1, n):
+            yield [i, j]
+
+
+def make_args_list(n_trials, dataset_names, algorithms, n_hparams_from, n_hparams, steps,
+                   data_dir, task, holdout_fraction, single_test_envs, hparams,
+                   test_envs=None) -> list[dict]:
+    args_list = []
+    for trial_seed in range(n_trials):
+        for dataset in dataset_names:
+            for algorithm in algorithms:
+                if test_envs is not None:
+                    all_test_envs = [list(test_envs)]
+                elif single_test_envs:
+                    all_test_envs = [[i] for i in range(datasets.num_environments(dataset))]
+                else:
+                    all_test_envs = all_test_env_combinations(datasets.num_environments(dataset))
+                for envs in all_test_envs:
+                    for hparams_seed in range(n_hparams_from, n_hparams):
+                        train_args = {}
+                        train_args["dataset"] = dataset
+                        train_args["algorithm"] = algorithm
+                        train_args["test_envs"] = envs
+                        train_args["holdout_fraction"] = holdout_fraction
+                        train_args["hparams_seed"] = hparams_seed
+                        train_args["data_dir"] = data_dir
+                        train_args["task"] = task
+                        train_args["trial_seed"] = trial_seed
+                        train_args["seed"] = misc.seed_hash(
+                            dataset, algorithm, envs, hparams_seed, trial_seed)
+                        if steps is not None:
+                            train_args["steps"] = steps
+                        if hparams is not None:
+                            train_args["hparams"] = hparams
+                        args_list.append(train_args)
+    return args_list
+
+
+def ask_for_confirmation() -> None:
+    response = input("Are you sure? (y/n) ")
+    if not response.lower().strip()[:1] == "y":
+        print("Nevermind!")
+        sys.exit(0)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Fail before creating any job folder: names, test envs, --hparams, launcher."""
+    for name in args.algorithms:
+        algorithms.get_algorithm_class(name)
+    for name in args.datasets:
+        n_envs = datasets.num_environments(name)
+        if args.test_envs is not None:
+            bad = [e for e in args.test_envs if not 0 <= e < n_envs]
+            if bad:
+                raise misc.UserInputError(
+                    f"--test_envs {bad[0]} is out of range for {name}, which has {n_envs} "
+                    f"environments (0..{n_envs - 1}).")
+        elif not args.single_test_envs and n_envs < 3:
+            raise misc.UserInputError(
+                f"{name} has {n_envs} environments; all-pairs test environments need 3. "
+                "Use --single_test_envs or --test_envs.")
+    if args.hparams is not None:
+        overrides = hparams_registry.parse_hparams_json(args.hparams)
+        for alg in args.algorithms:
+            for ds in args.datasets:
+                hparams_registry.apply_overrides(
+                    hparams_registry.default_hparams(alg, ds), overrides, alg, ds)
+    if args.command not in ("launch", "delete_incomplete"):
+        return
+    if args.command == "launch" and args.command_launcher not in command_launchers.REGISTRY:
+        raise misc.UserInputError(
+            f"Unknown --command_launcher '{args.command_launcher}'. Known: "
+            f"{', '.join(command_launchers.REGISTRY)}.")
+    if args.n_trials < 1 or args.n_hparams <= args.n_hparams_from:
+        raise misc.UserInputError(
+            "The sweep is empty: need --n_trials >= 1 and --n_hparams > --n_hparams_from.")
+
+
+DATASETS = [d for d in datasets.DATASETS if "Debug" not in d]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Run a sweep")
+    parser.add_argument("command", choices=["launch", "delete_incomplete"])
+    parser.add_argument("--datasets", nargs="+", type=str, default=DATASETS)
+    parser.add_argument("--algorithms", nargs="+", type=str, default=algorithms.ALGORITHMS)
+    parser.add_argument("--task", type=str, default="domain_generalization")
+    parser.add_argument("--n_hparams_from", type=int, default=0)
+    parser.add_argument("--n_hparams", type=int, default=20)
+    parser.add_argument("--output_dir", type=str, required=True)
+    parser.add_argument("--data_dir", type=str, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n_trials", type=int, default=3)
+    parser.add_argument("--command_launcher", type=str, required=True)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--hparams", type=str, default=None)
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--single_test_envs", action="store_true")
+    parser.add_argument("--test_envs", type=int, nargs="+", default=None,
+                        help="Use exactly these test environments for every job "
+                             "(e.g. 0 for Spawrious) instead of enumerating them.")
+    parser.add_argument("--skip_confirmation", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        validate_args(args)
+    except misc.UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        print(f"error: --output_dir {args.output_dir} is a file, not a folder.", file=sys.stderr)
+        return 2
+
+    args_list = make_args_list(
+        n_trials=args.n_trials, dataset_names=args.datasets, algorithms=args.algorithms,
+        n_hparams_from=args.n_hparams_from, n_hparams=args.n_hparams, steps=args.steps,
+        data_dir=args.data_dir, task=args.task, holdout_fraction=args.holdout_fraction,
+        single_test_envs=args.single_test_envs, hparams=args.hparams, test_envs=args.test_envs)
+    jobs = [Job(train_args, args.output_dir) for train_args in args_list]
+
+    for job in jobs:
+        print(job)
+    print("{} jobs: {} done, {} incomplete, {} not launched.".format(
+        len(jobs),
+        len([j for j in jobs if j.state == Job.DONE]),
+        len([j for j in jobs if j.state == Job.INCOMPLETE]),
+        len([j for j in jobs if j.state == Job.NOT_LAUNCHED])))
+
+    try:
+        if args.command == "launch":
+            to_launch = [j for j in jobs if j.state == Job.NOT_LAUNCHED]
+            print(f"About to launch {len(to_launch)} jobs.")
+            if not args.skip_confirmation:
+                ask_for_confirmation()
+            launcher_fn = command_launchers.REGISTRY[args.command_launcher]
+            Job.launch(to_launch, launcher_fn)
+        elif args.command == "delete_incomplete":
+            to_delete = [j for j in jobs if j.state == Job.INCOMPLETE]
+            print(f"About to delete {len(to_delete)} jobs.")
+            if not args.skip_confirmation:
+                ask_for_confirmation()
+            Job.delete(to_delete)
+    except misc.UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
