@@ -25,7 +25,7 @@ ALGORITHMS: list[str] = [
 def get_algorithm_class(algorithm_name: str) -> type:
     """Return the algorithm class with the given name."""
     cls = globals().get(algorithm_name)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or cls is Algorithm:
         raise UnknownNameError(unknown_name_message("Algorithm", algorithm_name, ALGORITHMS))
     return cls
 

@@ -23,7 +23,8 @@ DATASETS: list[str] = [
 def get_dataset_class(dataset_name: str) -> type:
     """Return the dataset class with the given name."""
     cls = globals().get(dataset_name)
-    if not (isinstance(cls, type) and issubclass(cls, MultipleDomainDataset)):
+    if not (isinstance(cls, type) and issubclass(cls, MultipleDomainDataset)
+            and cls.ENVIRONMENTS):  # base classes have no environments
         raise UnknownNameError(unknown_name_message("Dataset", dataset_name, DATASETS))
     return cls
 

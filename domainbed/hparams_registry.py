@@ -6,7 +6,6 @@ Plugins add their algorithms' hparams with `register_hparams_hook`.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any, Callable
 
@@ -110,8 +109,8 @@ def apply_overrides(hparams: dict[str, Any], overrides: dict[str, Any],
     unknown = [k for k in overrides if k not in hparams]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, list(hparams), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = misc.closest_name(key, list(hparams))
+        hint = f" Did you mean '{close}'?" if close else ""
         where = f" for {algorithm} on {dataset}" if algorithm else ""
         raise HparamsError(
             f"Unknown hparam '{key}' in --hparams{where}.{hint} "

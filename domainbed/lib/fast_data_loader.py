@@ -51,6 +51,9 @@ class FastDataLoader:
 
     def __init__(self, dataset, batch_size: int, num_workers: int):
         super().__init__()
+        self._length = 0
+        if len(dataset) == 0:  # e.g. --holdout_fraction 0: nothing to evaluate
+            return
         batch_sampler = torch.utils.data.BatchSampler(
             torch.utils.data.RandomSampler(dataset, replacement=False),
             batch_size=batch_size, drop_last=False)

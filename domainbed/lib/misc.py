@@ -19,10 +19,17 @@ class UnknownNameError(UserInputError, NotImplementedError):
     """An algorithm or dataset name that is not registered (upstream raises NotImplementedError)."""
 
 
+def closest_name(name: str, known: list[str]) -> str | None:
+    """The known name most similar to `name`, ignoring case; None if nothing is close."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """One readable message naming the unknown name, the closest known one and all of them."""
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = closest_name(name, known)
+    hint = f" Did you mean '{close}'?" if close else ""
     return (f"{kind} not found: {name}.{hint} Known {kind.lower()}s: {', '.join(known)}. "
             f"A plugin's {kind.lower()}s appear once its package is installed.")
 
@@ -105,7 +112,7 @@ def evaluate(network, loader, weights, device, with_groups: bool = False):
                     group_counts[(int(yi), int(ai))][0] += hi
                     group_counts[(int(yi), int(ai))][1] += 1
     network.train()
-    acc = correct / total
+    acc = correct / total if total > 0 else float("nan")  # an empty split has no accuracy
     if with_groups:
         return acc, {k: tuple(v) for k, v in sorted(group_counts.items())}
     return acc

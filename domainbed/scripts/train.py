@@ -78,9 +78,10 @@ def validate_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise misc.UserInputError(f"--{flag} must be a positive integer, got {value}.")
-    if not 0 <= args.holdout_fraction < 1:
-        raise misc.UserInputError(
-            f"--holdout_fraction must be in [0, 1), got {args.holdout_fraction}.")
+    for flag in ("holdout_fraction", "uda_holdout_fraction"):
+        value = getattr(args, flag)
+        if not 0 <= value < 1:
+            raise misc.UserInputError(f"--{flag} must be in [0, 1), got {value}.")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise misc.UserInputError(
             f"--output_dir {args.output_dir} is a file, not a folder. "
@@ -161,17 +162,19 @@ def make_splits(dataset, args, hparams):
     return in_splits, out_splits, uda_splits
 
 
-def check_batch_size(dataset, in_splits, args, hparams) -> None:
-    """An in-split smaller than the batch never yields a batch (upstream then hangs)."""
+def check_batch_size(dataset, in_splits, uda_splits, args, hparams) -> None:
+    """A training split smaller than the batch never yields a batch (upstream then hangs)."""
     batch_size = hparams["batch_size"]
-    for i, (env, _) in enumerate(in_splits):
-        if i in args.test_envs or len(env) >= batch_size:
+    sampled = [(f"Training environment {i} ('{dataset.ENVIRONMENTS[i]}')", "in-split", env)
+               for i, (env, _) in enumerate(in_splits) if i not in args.test_envs]
+    sampled += [(f"Unlabeled split {k}", "uda split", env) for k, (env, _) in enumerate(uda_splits)]
+    for who, split_name, env in sampled:
+        if len(env) >= batch_size:
             continue
         raise misc.UserInputError(
-            f"Training environment {i} ('{dataset.ENVIRONMENTS[i]}') of {args.dataset} has "
-            f"{len(env)} examples in its in-split, fewer than batch_size {batch_size}, so no "
-            f"batch can be drawn. Lower the batch size (--hparams '{{\"batch_size\": {len(env)}}}') "
-            "or the --holdout_fraction.")
+            f"{who} of {args.dataset} has {len(env)} examples in its {split_name}, fewer than "
+            f"batch_size {batch_size}, so no batch can be drawn. Lower the batch size "
+            f"(--hparams '{{\"batch_size\": {len(env)}}}') or the holdout fractions.")
 
 
 def num_workers(dataset) -> int:
@@ -237,7 +240,6 @@ def train(args: argparse.Namespace) -> None:
     os.makedirs(args.output_dir, exist_ok=True)
     sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"), stream=sys.__stdout__)
     sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"), stream=sys.__stderr__)
-    set_aside_previous_run(args.output_dir)
 
     print_environment()
     print("Args:")
@@ -257,7 +259,7 @@ def train(args: argparse.Namespace) -> None:
     dataset = dataset_class(args.data_dir, args.test_envs, hparams)
     with_groups = datasets.has_attributes(dataset)
     in_splits, out_splits, uda_splits = make_splits(dataset, args, hparams)
-    check_batch_size(dataset, in_splits, args, hparams)
+    check_batch_size(dataset, in_splits, uda_splits, args, hparams)
 
     workers = num_workers(dataset)
     train_loaders = [
@@ -279,6 +281,7 @@ def train(args: argparse.Namespace) -> None:
                                 len(dataset) - len(args.test_envs), hparams)
     algorithm.to(device)
     keep_attributes = with_groups and getattr(algorithm_class, "USES_ATTRIBUTES", False)
+    set_aside_previous_run(args.output_dir)  # only now: a failed relaunch must not touch it
 
     train_minibatches_iterator = zip(*train_loaders)
     uda_minibatches_iterator = zip(*uda_loaders)

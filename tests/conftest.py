@@ -1,0 +1,29 @@
+"""Shared test helpers.
+
+`run_module` (a session fixture) is the callable
+`run_module(module, *args, env=None, cwd=None)`: it runs `python -m module args`
+in a subprocess with OMP_NUM_THREADS=1 and returns the CompletedProcess (text,
+captured output). Outside fixtures, `from conftest import run_python_module`.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_python_module(module, *args, env=None, cwd=None, timeout=300):
+    """Run `sys.executable -m module args` on one thread; return the CompletedProcess.
+
+    `env` adds to (or overrides) the current environment.
+    """
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    return run_python_module
