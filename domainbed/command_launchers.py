@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -46,14 +47,19 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def multi_gpu_launcher(commands: list[str]) -> None:
-    """Launch commands on the local machine, one at a time per visible GPU."""
-    print("WARNING: using experimental multi_gpu_launcher.")
+def _require_gpus() -> list[str]:
     gpus = _visible_gpus()
     if not gpus:
         raise UserInputError(
             "multi_gpu launcher found no GPU (CUDA_VISIBLE_DEVICES is empty or no CUDA device "
             "is visible). Use --command_launcher local on a machine without GPUs.")
+    return gpus
+
+
+def multi_gpu_launcher(commands: list[str]) -> None:
+    """Launch commands on the local machine, one at a time per visible GPU."""
+    print("WARNING: using experimental multi_gpu_launcher.")
+    gpus = _require_gpus()
     env = _env_with_current_python()
     pending = list(commands)
     procs_by_gpu: list[subprocess.Popen | None] = [None] * len(gpus)
@@ -91,6 +97,16 @@ def _slurm_parameters() -> dict:
     }
 
 
+def _require_submitit_cluster() -> str:
+    """The submitit cluster to use: DOMAINBED_SUBMITIT_CLUSTER, else Slurm if sbatch exists."""
+    cluster = os.environ.get("DOMAINBED_SUBMITIT_CLUSTER") or None
+    if cluster is None and shutil.which("sbatch") is None:
+        raise UserInputError(
+            "slurm launcher: no Slurm cluster found (sbatch is not on PATH). Run the sweep on a "
+            "Slurm login node, or set DOMAINBED_SUBMITIT_CLUSTER=local to run the jobs here.")
+    return cluster or "slurm"
+
+
 def slurm_launcher(commands: list[str]) -> None:
     """Submit the commands as one Slurm job array with submitit.
 
@@ -103,13 +119,9 @@ def slurm_launcher(commands: list[str]) -> None:
 
     if not commands:
         return
-    cluster = os.environ.get("DOMAINBED_SUBMITIT_CLUSTER") or None
+    cluster = _require_submitit_cluster()
     executor = submitit.AutoExecutor(
         folder=os.environ.get("DOMAINBED_SLURM_LOGS", "slurm_logs"), cluster=cluster)
-    if executor.cluster != "slurm" and cluster is None:
-        raise UserInputError(
-            "slurm launcher: no Slurm cluster found (sbatch is not on PATH). Run the sweep on a "
-            "Slurm login node, or set DOMAINBED_SUBMITIT_CLUSTER=local to run the jobs here.")
     params = _slurm_parameters()
     if executor.cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
@@ -122,6 +134,11 @@ def slurm_launcher(commands: list[str]) -> None:
         if failed:
             print(f"{len(failed)} jobs exited non-zero: {' '.join(map(str, failed))}")
 
+
+# Checks a sweep runs before it creates any job folder, so a launcher that cannot run
+# fails without leaving Incomplete jobs behind.
+multi_gpu_launcher.preflight = _require_gpus
+slurm_launcher.preflight = _require_submitit_cluster
 
 REGISTRY: dict[str, Launcher] = {
     "local": local_launcher,

@@ -27,3 +27,26 @@ def run_python_module(module, *args, env=None, cwd=None, timeout=300):
 @pytest.fixture(scope="session")
 def run_module():
     return run_python_module
+
+
+def _restoring(module, list_name):
+    """Put a registry list (in place) and the module's globals back after a test."""
+    registry = getattr(module, list_name)
+    saved_list = list(registry)
+    saved_names = set(vars(module))
+    yield
+    registry[:] = saved_list
+    for name in set(vars(module)) - saved_names:
+        delattr(module, name)
+
+
+@pytest.fixture
+def restore_algorithms():
+    from domainbed import algorithms
+    yield from _restoring(algorithms, "ALGORITHMS")
+
+
+@pytest.fixture
+def restore_datasets():
+    from domainbed import datasets
+    yield from _restoring(datasets, "DATASETS")

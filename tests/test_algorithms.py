@@ -35,15 +35,6 @@ def build(algorithm_name, dataset_name="Debug28", **overrides):
     return algorithm, dataset, hparams
 
 
-@pytest.fixture
-def restore_algorithms():
-    """Put ALGORITHMS (in place) and the module's globals back after a registration test."""
-    saved_list = list(algorithms.ALGORITHMS)
-    saved_names = set(vars(algorithms))
-    yield
-    algorithms.ALGORITHMS[:] = saved_list
-    for name in set(vars(algorithms)) - saved_names:
-        delattr(algorithms, name)
 
 
 # --------------------------------------------------------------------------- the contract

@@ -13,14 +13,6 @@ torch.set_num_threads(1)
 SHAPES = {"Debug28": (3, 28, 28), "Debug224": (3, 224, 224), "DebugAttr28": (3, 28, 28)}
 
 
-@pytest.fixture
-def restore_datasets():
-    saved_list = list(datasets.DATASETS)
-    saved_names = set(vars(datasets))
-    yield
-    datasets.DATASETS[:] = saved_list
-    for name in set(vars(datasets)) - saved_names:
-        delattr(datasets, name)
 
 
 def test_debug_datasets_are_listed():

@@ -154,3 +154,13 @@ def test_slurm_launcher_without_slurm_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(command_launchers.UserInputError, match="no Slurm cluster"):
         command_launchers.slurm_launcher(["true"])
+
+
+def test_launcher_that_cannot_run_fails_before_creating_jobs(tmp_path):
+    result = run_module("domainbed.scripts.sweep", "launch", "--datasets", "Debug28",
+                        "--algorithms", "ERM", "--command_launcher", "multi_gpu",
+                        "--data_dir", "/tmp", "--output_dir", str(tmp_path / "sweep"),
+                        "--skip_confirmation", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode != 0
+    assert "multi_gpu launcher found no GPU" in result.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -157,6 +157,9 @@ def validate_args(args: argparse.Namespace) -> None:
         raise misc.UserInputError(
             f"Unknown --command_launcher '{args.command_launcher}'. Known: "
             f"{', '.join(command_launchers.REGISTRY)}.")
+    preflight = getattr(command_launchers.REGISTRY.get(args.command_launcher), "preflight", None)
+    if args.command == "launch" and preflight is not None:
+        preflight()
     if args.n_trials < 1 or args.n_hparams <= args.n_hparams_from:
         raise misc.UserInputError(
             "The sweep is empty: need --n_trials >= 1 and --n_hparams > --n_hparams_from.")
