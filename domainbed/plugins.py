@@ -31,9 +31,5 @@ def load_plugins() -> list[str]:
     return list(_loaded)
 
 
-def loaded_plugins() -> list[str]:
-    return list(_loaded)
-
-
 if __name__ == "__main__":
     print("\n".join(load_plugins()) or "no plugins", file=sys.stdout)

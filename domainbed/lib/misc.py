@@ -134,10 +134,6 @@ def worst_group_accuracy(group_counts: dict) -> float:
     return min(accs) if accs else float("nan")
 
 
-def print_separator() -> None:
-    print("=" * 80)
-
-
 def format_cell(x: Any, colwidth: int) -> str:
     """A table cell: floats as %.10f, then left-justified and truncated to colwidth."""
     if np.issubdtype(type(x), np.floating):
