@@ -151,8 +151,6 @@ def validate_args(args: argparse.Namespace) -> None:
             for ds in args.datasets:
                 hparams_registry.apply_overrides(
                     hparams_registry.default_hparams(alg, ds), overrides, alg, ds)
-    if args.command not in ("launch", "delete_incomplete"):
-        return
     if args.command == "launch" and args.command_launcher not in command_launchers.REGISTRY:
         raise misc.UserInputError(
             f"Unknown --command_launcher '{args.command_launcher}'. Known: "

@@ -271,7 +271,7 @@ def train(args: argparse.Namespace) -> None:
     eval_loaders = [
         FastDataLoader(env, EVAL_BATCH_SIZE, workers)
         for env, _ in (in_splits + out_splits + uda_splits)]
-    eval_weights = [None for _, weights in (in_splits + out_splits + uda_splits)]
+    eval_weights = [None] * len(eval_loaders)  # evaluation is unweighted, as upstream
     eval_names = (["env{}_in".format(i) for i in range(len(in_splits))]
                   + ["env{}_out".format(i) for i in range(len(out_splits))]
                   + ["env{}_uda".format(i) for i in range(len(uda_splits))])
