@@ -97,6 +97,29 @@ def test_make_weights_accepts_tensor_labels_and_classes_sum_equally():
     assert float(w[7:].sum()) == pytest.approx(0.5)
 
 
+class _ListedSamples(torch.utils.data.Dataset):
+    """Lists its samples as (path, y); loading an item would mean decoding an image."""
+
+    def __init__(self, labels):
+        self.samples = [(f"img{i}.png", y) for i, y in enumerate(labels)]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        raise AssertionError("labels must come from .samples, not from loading items")
+
+
+def test_balanced_weights_read_listed_samples_without_loading_items():
+    ds = _ListedSamples([0, 0, 0, 1, 2, 2])
+    w = misc.make_weights_for_balanced_classes(ds)
+    assert float(w[0]) == pytest.approx(1 / 9) and float(w[3]) == pytest.approx(1 / 3)
+    split, rest = misc.split_dataset(ds, 3, seed=0)
+    expected = [ds.samples[k][1] for k in split.keys]
+    assert misc.labels_of(split) == expected
+    assert float(misc.make_weights_for_balanced_classes(split).sum()) == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------- accuracy
 
 class _FixedPredictor(nn.Module):

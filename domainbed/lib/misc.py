@@ -66,9 +66,24 @@ def split_dataset(dataset, n: int, seed: int = 0):
     return _SplitDataset(dataset, keys[:n]), _SplitDataset(dataset, keys[n:])
 
 
+def labels_of(dataset) -> list[int]:
+    """The label of every item, without loading images where the dataset lists its samples.
+
+    Datasets with a `samples` list of (path, y, ...) (Spawrious, ImageFolder) and split
+    views of them are read from that list; anything else is iterated.
+    """
+    if isinstance(dataset, _SplitDataset):
+        inner = dataset.underlying_dataset
+        if hasattr(inner, "samples"):
+            return [int(inner.samples[k][1]) for k in dataset.keys]
+    elif hasattr(dataset, "samples"):
+        return [int(s[1]) for s in dataset.samples]
+    return [int(item[1]) for item in dataset]
+
+
 def make_weights_for_balanced_classes(dataset) -> torch.Tensor:
     """Per-sample weights 1 / (count[y] * n_classes), so that classes are sampled equally."""
-    labels = [int(item[1]) for item in dataset]
+    labels = labels_of(dataset)
     counts = Counter(labels)
     n_classes = len(counts)
     weights = torch.zeros(len(labels))
