@@ -16,7 +16,9 @@ setup(
         "Pillow",
         "tqdm",
         "submitit",
+        "scikit-image",  # real photographs and textures behind Spawrious-Lite
     ],
+    package_data={"ex2l_domainbed.datasets": ["weights/*.pt", "weights/*.json"]},
     extras_require={"test": ["pytest"]},
     entry_points={
         "domainbed.plugins": ["ex2l = ex2l_domainbed.plugin:register"],

@@ -111,7 +111,8 @@ class LiteCNN(_MapFeaturizer):
 
     Four blocks of 3x3 conv + BatchNorm + ReLU (widths 16/32/64/64); the first conv has
     stride 2 and blocks 2 and 3 end in a 2x2 max-pool. Blocks live in `self.blocks` so a
-    pretrained backbone can be partly frozen (`freeze_blocks`).
+    pretrained backbone can be partly frozen (`freeze_blocks`). With hparams `pretrained`
+    true and `pretrained_path` set, the conv/BN weights are loaded from that file.
     """
 
     n_outputs = 64
@@ -136,6 +137,9 @@ class LiteCNN(_MapFeaturizer):
         self.dropout = nn.Dropout(hparams.get("resnet_dropout", 0.0))
         self.activation = Identity()
         self.n_frozen = 0
+        # Pretrained weights of its own (Spawrious-Lite ships them, as ImageNet is for ResNet).
+        if hparams.get("pretrained", False) and hparams.get("pretrained_path", ""):
+            self.load_backbone(hparams["pretrained_path"])
         self.freeze_blocks(int(hparams.get("lite_freeze_blocks", 0)))
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:

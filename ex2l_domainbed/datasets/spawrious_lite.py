@@ -1,0 +1,278 @@
+"""Spawrious-Lite: a generated, low-resolution Spawrious in the real directory layout.
+
+Four silhouettes (one per Spawrious class), in random colours, are painted on random
+grey-scale crops of six real photographs and textures shipped inside scikit-image (one
+source per location), and
+written as `<out>/spawrious224/{0,1}/<location>/<class>/<location>_<class>_<n>.png`,
+so the real Spawrious loading code and challenge tables run unchanged on it.
+
+    python -m ex2l_domainbed.datasets.spawrious_lite --out DIR [--size 64] [--per_cell 400]
+
+Generation is deterministic: every image draws from its own generator seeded with
+(seed, pool, location, class, n), so the same arguments give the same bytes. The tree is
+written to a temporary folder and renamed into place when complete, with a marker file
+(`spawrious_lite.json`) recording the arguments; a half-written tree is never used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ex2l_domainbed.datasets import shapes
+from ex2l_domainbed.datasets.spawrious import (
+    CLASSES,
+    LOCATIONS,
+    SPAWRIOUS_DATASETS,
+    SpawriousBenchmark,
+    SpawriousDataError,
+)
+
+POOLS = ["0", "1"]
+
+# One scikit-image picture per location (all load offline from the wheel).
+LOCATION_SOURCES = {
+    "dirt": "gravel",
+    "jungle": "grass",
+    "snow": "brick",
+    "beach": "immunohistochemistry",
+    "desert": "chelsea",
+    "mountain": "rocket",
+}
+
+DEFAULT_SIZE = 64
+DEFAULT_PER_CELL = 400
+DEFAULT_SEED = 0
+MARKER = "spawrious_lite.json"
+GENERATOR_VERSION = 1
+RADIUS_AT_64 = (10.0, 16.0)  # foreground radius range in pixels at 64x64
+
+
+def load_source(name: str) -> np.ndarray:
+    """A scikit-image sample picture in grey (luma, repeated to HxWx3 uint8).
+
+    Backgrounds carry texture but no colour: with the two colour photographs left in colour,
+    "colour or grey" alone told the location groups apart and became the shortcut (ERM AA
+    on O2O-Easy 0.44 < M2M-Hard 0.64, M2M-Easy 0.11; see the README's calibration notes).
+    """
+    import skimage.data
+
+    return shapes.as_gray_rgb_uint8(getattr(skimage.data, name)())
+
+
+def image_rng(seed: int, pool: str, location: str, cls: str, n: int) -> np.random.Generator:
+    return np.random.default_rng(
+        [seed, POOLS.index(pool), LOCATIONS.index(location), CLASSES.index(cls), n]
+    )
+
+
+def make_image(source: np.ndarray, cls: str, size: int, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One Lite image (HxWx3 uint8) and its foreground alpha (HxW float32)."""
+    background = shapes.random_crop(source, size, rng)
+    scale = size / 64.0
+    radius = (RADIUS_AT_64[0] * scale, RADIUS_AT_64[1] * scale)
+    alpha = shapes.rasterize(shapes.LITE_SHAPES[cls], size, rng, radius,
+                             shapes.BOUNDS.get(cls, 1.0))
+    return shapes.to_uint8(shapes.compose(background, alpha, rng)), alpha
+
+
+def cells(pools: Sequence[str] = POOLS) -> Iterator[tuple[str, str, str]]:
+    for pool in pools:
+        for location in LOCATIONS:
+            for cls in CLASSES:
+                yield pool, location, cls
+
+
+def marker_for(size: int, per_cell: int, seed: int) -> dict:
+    return {
+        "generator": "ex2l_domainbed.datasets.spawrious_lite",
+        "version": GENERATOR_VERSION,
+        "size": size,
+        "per_cell": per_cell,
+        "seed": seed,
+        "pools": POOLS,
+        "sources": LOCATION_SOURCES,
+        "backgrounds": "grey",
+    }
+
+
+def read_marker(spawrious224: str) -> dict | None:
+    path = os.path.join(spawrious224, MARKER)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_tree(root: str, size: int, per_cell: int, seed: int, progress: bool) -> None:
+    from PIL import Image
+    from tqdm import tqdm
+
+    sources = {loc: load_source(name) for loc, name in LOCATION_SOURCES.items()}
+    total = len(POOLS) * len(LOCATIONS) * len(CLASSES) * per_cell
+    bar = tqdm(total=total, desc="Spawrious-Lite", unit="img", disable=not progress,
+               file=sys.stderr, mininterval=1.0)
+    for pool, location, cls in cells():
+        folder = os.path.join(root, pool, location, cls)
+        os.makedirs(folder)
+        for n in range(per_cell):
+            rng = image_rng(seed, pool, location, cls, n)
+            image, _ = make_image(sources[location], cls, size, rng)
+            Image.fromarray(image).save(
+                os.path.join(folder, f"{location}_{cls}_{n}.png"), compress_level=6)
+        bar.update(per_cell)
+    bar.close()
+
+
+def generate(out: str, size: int = DEFAULT_SIZE, per_cell: int = DEFAULT_PER_CELL,
+             seed: int = DEFAULT_SEED, progress: bool = True) -> str:
+    """Write `<out>/spawrious224` unless an identical tree is already there; return its path.
+
+    Safe to call from several processes at once: each writes its own temporary tree and
+    the first complete one is renamed into place; the others are discarded.
+    """
+    if size < 8 or per_cell < 1:
+        raise ValueError(f"size must be >= 8 and per_cell >= 1 (got {size}, {per_cell})")
+    target = os.path.join(out, "spawrious224")
+    wanted = marker_for(size, per_cell, seed)
+    if os.path.isdir(target):
+        _check_existing(target, wanted)
+        return target
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".spawrious_lite.tmp-", dir=out)
+    try:
+        tree = os.path.join(tmp, "spawrious224")
+        _write_tree(tree, size, per_cell, seed, progress)
+        with open(os.path.join(tree, MARKER), "w") as f:
+            json.dump(wanted, f, indent=1, sort_keys=True)
+        try:
+            os.rename(tree, target)
+        except OSError:
+            if not os.path.isdir(target):  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _check_existing(target, wanted)
+    return target
+
+
+def _check_existing(target: str, wanted: dict) -> None:
+    found = read_marker(target)
+    if found is None:
+        raise FileExistsError(
+            f"{target} exists but is not Spawrious-Lite data (no {MARKER}). Give Spawrious-Lite "
+            "its own --data_dir, or remove that folder to regenerate it."
+        )
+    differs = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+    if differs:
+        details = ", ".join(f"{k}: found {a}, asked {b}" for k, (a, b) in differs.items())
+        raise FileExistsError(
+            f"{target} holds Spawrious-Lite data made with other settings ({details}). "
+            "Remove it to regenerate, or use another --out."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The six Lite datasets: the real loader and challenge tables on generated data
+
+
+class SpawriousLiteBenchmark(SpawriousBenchmark):
+    """A Spawrious challenge on Spawrious-Lite data (generated into --data_dir when absent).
+
+    Image size and per-cell count come from the data's marker file (IMAGE_SIZE and
+    BASE_COUNT are only what first-use generation makes). Training length and the backbone
+    recipe are part of Lite's calibration (see `lite_hparams`).
+    """
+
+    N_STEPS = 600
+    CHECKPOINT_FREQ = 100
+    N_WORKERS = 0  # 64x64 PNGs decode in ~0.1 ms; worker processes would cost more
+    IMAGE_SIZE = DEFAULT_SIZE
+    BASE_COUNT = DEFAULT_PER_CELL
+
+    def prepare_root(self, root) -> str:
+        root = os.path.normpath(os.path.expanduser(str(root)))
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise SpawriousDataError(f"--data_dir {root} is a file; give a folder for the data.")
+        if os.path.basename(root) == "spawrious224" and os.path.isdir(root):
+            tree = root
+        elif os.path.isdir(os.path.join(root, "spawrious224")):
+            tree = os.path.join(root, "spawrious224")
+        else:
+            print(f"Generating Spawrious-Lite into {root} (first use)...", file=sys.stderr)
+            tree = generate(root, size=self.IMAGE_SIZE, per_cell=self.BASE_COUNT)
+        marker = read_marker(tree)
+        if marker is None:
+            raise SpawriousDataError(
+                f"{tree} is not Spawrious-Lite data (no {MARKER}); it may be real Spawrious. "
+                f"Give {self.dataset_label} its own --data_dir (it is generated there on first "
+                "use), or point the Spawrious* datasets at real data.")
+        self.base_count = int(marker["per_cell"])
+        self.image_size = int(marker["size"])
+        return tree
+
+    def fix_hint(self) -> str:
+        parent = os.path.dirname(self.root)
+        return (f"remove {self.root} and run python -m ex2l_domainbed.datasets.spawrious_lite "
+                f"--out {parent}")
+
+
+def _lite_class(real: type) -> type:
+    name = "SpawriousLite" + real.__name__[len("Spawrious"):]
+    return type(name, (SpawriousLiteBenchmark,), {
+        "CHALLENGE": real.CHALLENGE, "__module__": __name__,
+        "__doc__": f"{real.__name__}'s challenge table on Spawrious-Lite data."})
+
+
+LITE_DATASETS: dict[str, type] = {}
+for _real in SPAWRIOUS_DATASETS.values():
+    _cls = _lite_class(_real)
+    globals()[_cls.__name__] = _cls
+    LITE_DATASETS[_cls.__name__] = _cls
+
+
+def lite_hparams(algorithm: str, dataset: str, define) -> None:
+    """Lite's calibrated defaults (hparams-registry hook).
+
+    The pretrained backbone with its first 3 blocks frozen, lr 1e-3 and 600 steps put ERM
+    in Spawrious' regime (high training-domain accuracy, a large worst-group gap);
+    `benchmarks/lite_baselines.py` guards this calibration.
+    """
+    if dataset not in LITE_DATASETS:
+        return
+    from ex2l_domainbed.datasets.lite_backbone import DEFAULT_PATH
+
+    define("pretrained_path", DEFAULT_PATH, lambda r: DEFAULT_PATH, replace=True)
+    define("lite_freeze_blocks", 3, lambda r: 3)
+    define("data_augmentation", False, lambda r: False, replace=True)
+    define("lr", 1e-3, lambda r: 10 ** r.uniform(-3.5, -2.5), replace=True)
+    define("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -3), replace=True)
+    define("batch_size", 32, lambda r: int(2 ** r.uniform(4, 6)), replace=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder that will hold spawrious224/")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
+    parser.add_argument("--per_cell", type=int, default=DEFAULT_PER_CELL,
+                        help="images per (pool, location, class) cell")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    try:
+        path = generate(args.out, args.size, args.per_cell, args.seed)
+    except (ValueError, FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
