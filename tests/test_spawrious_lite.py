@@ -179,15 +179,15 @@ def test_lite_hparams_fix_the_calibration():
 def test_shipped_backbone_loads_and_matches_its_report():
     from domainbed import networks
 
-    with open(DEFAULT_PATH, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    from ex2l_domainbed.datasets.lite_backbone import weights_digest
+
     with open(DEFAULT_PATH + ".json") as f:
         report = json.load(f)
-    assert report["sha256"] == digest and report["steps"] >= 1000
+    state = torch.load(DEFAULT_PATH, weights_only=True)
+    assert report["weights_sha256"] == weights_digest(state) and report["steps"] == 3000
     hp = hparams_registry.default_hparams("ERM", "SpawriousLiteM2M_hard")
     net = networks.Featurizer((3, 64, 64), hp)
     assert isinstance(net, networks.LiteCNN) and net.n_frozen == 3
-    state = torch.load(DEFAULT_PATH, weights_only=True)
     assert torch.equal(net.blocks[0][0].weight, state["blocks.0.0.weight"])
     scratch = networks.Featurizer((3, 64, 64), {**hp, "pretrained": False})
     assert not torch.equal(scratch.blocks[0][0].weight, state["blocks.0.0.weight"])
@@ -221,3 +221,15 @@ def test_plugin_register_is_idempotent():
     names = list(spawrious.SPAWRIOUS_DATASETS) + list(spawrious_lite.LITE_DATASETS)
     assert all(datasets.DATASETS.count(n) == 1 for n in names)
     assert hparams_registry._HOOKS.count(spawrious_lite.lite_hparams) == 1
+
+
+def test_backbone_pretraining_is_deterministic():
+    from ex2l_domainbed.datasets import lite_backbone
+
+    runs = [lite_backbone.pretrain(steps=3, per_class=2, size=32, batch_size=8, log_every=3)
+            for _ in range(2)]
+    digests = [lite_backbone.weights_digest(state) for state, _ in runs]
+    assert digests[0] == digests[1]
+    other, _ = lite_backbone.pretrain(steps=3, seed=1, per_class=2, size=32, batch_size=8,
+                                      log_every=3)
+    assert lite_backbone.weights_digest(other) != digests[0]

@@ -86,10 +86,18 @@ def pretrain(steps: int = 3000, seed: int = 0, per_class: int = 800, size: int =
              lr: float = 1e-3, batch_size: int = 64, log_every: int = 1000
              ) -> tuple[dict[str, torch.Tensor], dict]:
     """Train LiteCNN + a 12-way head; return the featurizer's state dict and a report."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _pretrain(steps, seed, per_class, size, lr, batch_size, log_every)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _pretrain(steps, seed, per_class, size, lr, batch_size, log_every):
     from domainbed.networks import LiteCNN
 
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
     t0 = time.time()
     images, labels = make_pretrain_data(per_class, size, seed)
     rng = np.random.default_rng(seed)
@@ -132,13 +140,26 @@ def pretrain(steps: int = 3000, seed: int = 0, per_class: int = 800, size: int =
     return net.state_dict(), report
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and values: equal weights give equal digests.
+
+    (The .pt file's own bytes are not reproducible: torch.save stores a random
+    serialization id and the file name inside the archive.)
+    """
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_weights(state: dict[str, torch.Tensor], report: dict, path: str) -> None:
     """Write the weights and `<path>.json` through temporary names (never half-written)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     torch.save({k: v.clone() for k, v in state.items()}, tmp)
-    with open(tmp, "rb") as f:
-        report["sha256"] = hashlib.sha256(f.read()).hexdigest()
+    report["weights_sha256"] = weights_digest(state)
     os.replace(tmp, path)
     with open(path + ".json.tmp", "w") as f:
         json.dump(report, f, indent=1)
@@ -157,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     state, report = pretrain(steps=args.steps, seed=args.seed, per_class=args.per_class)
     save_weights(state, report, args.out)
-    print(f"wrote {args.out} (sha256 {report['sha256'][:12]}..., {report['seconds']} s)",
+    print(f"wrote {args.out} (weights sha256 {report['weights_sha256'][:12]}..., "
+          f"{report['seconds']} s)",
           file=sys.stderr)
     return 0
 
