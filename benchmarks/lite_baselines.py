@@ -53,6 +53,7 @@ def register_oracle() -> None:
         def environment_cells(self):
             test = super().environment_cells()[0]
             locations = sorted({c.location for c in test})
+            # An even count per cell, so alternating images split each cell in equal halves.
             balanced = [Cell("1", loc, cls, self.base_count // 2 * 2)
                         for loc in locations for cls in CLASSES]
             return [test, balanced]

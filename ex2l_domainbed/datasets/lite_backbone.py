@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ex2l_domainbed.datasets import shapes
+from ex2l_domainbed.datasets.spawrious import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 DEFAULT_PATH = os.path.join(WEIGHTS_DIR, "lite_backbone.pt")
@@ -36,8 +37,6 @@ PRETRAIN_SOURCES = [
     "shepp_logan_phantom",
 ]
 NOISE_KINDS = ["white", "blocky"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _noise_background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
