@@ -19,7 +19,8 @@ setup(
         "scikit-image",  # real photographs and textures behind Spawrious-Lite
     ],
     package_data={"ex2l_domainbed.datasets": ["weights/*.pt", "weights/*.json"]},
-    extras_require={"test": ["pytest"]},
+    # captum: an independent Grad-CAM implementation the tests compare against.
+    extras_require={"test": ["pytest", "captum"]},
     entry_points={
         "domainbed.plugins": ["ex2l = ex2l_domainbed.plugin:register"],
     },

@@ -7,6 +7,7 @@ as upstream-style plugins do).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -39,6 +40,30 @@ def register_algorithm(name: str, cls: type, after: str | None = None) -> None:
         ALGORITHMS.insert(ALGORITHMS.index(after) + 1, name)
     else:
         ALGORITHMS.append(name)
+
+
+def attribute_kwargs(algorithm_class: type, dataset) -> dict[str, Any]:
+    """Extra constructor arguments for an algorithm that uses attributes.
+
+    An algorithm with `USES_ATTRIBUTES` may accept a keyword `num_attributes` (the number
+    of the dataset's attribute values, e.g. to size a head that predicts them); it gets it
+    when the dataset has attributes. Upstream's four positional arguments never change.
+    """
+    params = inspect.signature(algorithm_class.__init__).parameters
+    if "num_attributes" in params and getattr(dataset, "ATTRIBUTES", None):
+        return {"num_attributes": len(dataset.ATTRIBUTES)}
+    return {}
+
+
+def from_checkpoint(save_dict: dict[str, Any]) -> "Algorithm":
+    """Rebuild the algorithm saved in a `model.pkl` dict (as train.py writes it) and load it."""
+    cls = get_algorithm_class(save_dict["args"]["algorithm"])
+    extra = {"num_attributes": save_dict["model_num_attributes"]} \
+        if "model_num_attributes" in save_dict else {}
+    algorithm = cls(save_dict["model_input_shape"], save_dict["model_num_classes"],
+                    save_dict["model_num_domains"], save_dict["model_hparams"], **extra)
+    algorithm.load_state_dict(save_dict["model_dict"])
+    return algorithm
 
 
 def split_minibatches(minibatches: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,17 +1,34 @@
-"""Registers the plugin's datasets (and, later, algorithms) into the harness.
+"""Registers the plugin (EX2L, the Spawrious datasets, their hparams) into a harness.
 
-The harness calls `register()` through the `domainbed.plugins` entry point in every
+This harness calls `register()` through the `domainbed.plugins` entry point in every
 process (sweep, train subprocesses, collect_results), so registration must be cheap and
-idempotent.
+idempotent. When the importable `domainbed` is an upstream DomainBed checkout instead,
+`register()` hands over to `ex2l_domainbed.upstream`, which patches upstream's module
+registries in place without editing its files.
 """
 from __future__ import annotations
 
 
+def is_this_harness() -> bool:
+    """True when `domainbed` is this project's harness (it has the registration API)."""
+    from domainbed import algorithms
+    return hasattr(algorithms, "register_algorithm")
+
+
 def register() -> None:
-    """Add the six Spawrious and six Spawrious-Lite datasets and Lite's hparams (idempotent)."""
-    from domainbed import datasets, hparams_registry
+    """Add EX2L (after ERM and GroupDRO), the Spawrious and Spawrious-Lite datasets and
+    their hparams (idempotent)."""
+    if not is_this_harness():
+        from ex2l_domainbed import upstream
+        upstream.register_upstream()
+        return
+    from domainbed import algorithms, datasets, hparams_registry
+    from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
     from ex2l_domainbed.datasets import spawrious, spawrious_lite
 
     for name, cls in {**spawrious.SPAWRIOUS_DATASETS, **spawrious_lite.LITE_DATASETS}.items():
         datasets.register_dataset(name, cls)
     hparams_registry.register_hparams_hook(spawrious_lite.lite_hparams)
+    after = "GroupDRO" if "GroupDRO" in algorithms.ALGORITHMS else None
+    algorithms.register_algorithm("EX2L", EX2L, after=after)
+    hparams_registry.register_hparams_hook(ex2l_hparams)

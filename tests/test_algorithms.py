@@ -11,8 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from domainbed import algorithms, datasets, hparams_registry
+from domainbed.plugins import load_plugins
 
 torch.set_num_threads(1)
+load_plugins()  # plugin algorithms (EX2L) must meet the same contract, as in upstream's tests
 
 
 def make_minibatches(dataset, batch_size):

@@ -182,8 +182,12 @@ def num_workers(dataset) -> int:
     return int(os.environ.get("DOMAINBED_NUM_WORKERS", dataset.N_WORKERS))
 
 
-def save_checkpoint(path: str, algorithm, args, dataset, hparams) -> None:
-    """Write upstream's checkpoint dict to a temporary name, then rename it into place."""
+def save_checkpoint(path: str, algorithm, args, dataset, hparams, extra: dict) -> None:
+    """Write upstream's checkpoint dict to a temporary name, then rename it into place.
+
+    `extra` holds the constructor's keyword arguments beyond upstream's four (e.g.
+    `num_attributes`); they are saved under `model_<name>` keys so the model reloads.
+    """
     save_dict = {
         "args": vars(args),
         "model_input_shape": dataset.input_shape,
@@ -191,6 +195,7 @@ def save_checkpoint(path: str, algorithm, args, dataset, hparams) -> None:
         "model_num_domains": len(dataset) - len(args.test_envs),
         "model_hparams": hparams,
         "model_dict": algorithm.state_dict(),
+        **{f"model_{k}": v for k, v in extra.items()},
     }
     tmp_path = path + ".tmp"
     torch.save(save_dict, tmp_path)
@@ -236,6 +241,9 @@ def train(args: argparse.Namespace) -> None:
     load_plugins()
     dataset_class, algorithm_class = validate_args(args)
     hparams = choose_hparams(args)
+    check_hparams = getattr(algorithm_class, "check_hparams", None)
+    if check_hparams is not None:  # an algorithm may vet its hparams before any work
+        check_hparams(hparams)
 
     os.makedirs(args.output_dir, exist_ok=True)
     sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"), stream=sys.__stdout__)
@@ -277,10 +285,11 @@ def train(args: argparse.Namespace) -> None:
                   + ["env{}_uda".format(i) for i in range(len(uda_splits))])
     evals = list(zip(eval_names, eval_loaders, eval_weights))
 
-    algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
-                                len(dataset) - len(args.test_envs), hparams)
-    algorithm.to(device)
     keep_attributes = with_groups and getattr(algorithm_class, "USES_ATTRIBUTES", False)
+    extra = algorithms.attribute_kwargs(algorithm_class, dataset) if keep_attributes else {}
+    algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
+                                len(dataset) - len(args.test_envs), hparams, **extra)
+    algorithm.to(device)
     set_aside_previous_run(args.output_dir)  # only now: a failed relaunch must not touch it
 
     train_minibatches_iterator = zip(*train_loaders)
@@ -330,11 +339,12 @@ def train(args: argparse.Namespace) -> None:
             checkpoint_vals = {}
             if args.save_model_every_checkpoint and not args.skip_model_save:
                 save_checkpoint(os.path.join(args.output_dir, f"model_step{step}.pkl"),
-                                algorithm, args, dataset, hparams)
+                                algorithm, args, dataset, hparams, extra)
     progress.close()
 
     if not args.skip_model_save:
-        save_checkpoint(os.path.join(args.output_dir, "model.pkl"), algorithm, args, dataset, hparams)
+        save_checkpoint(os.path.join(args.output_dir, "model.pkl"), algorithm, args, dataset,
+                        hparams, extra)
     with open(os.path.join(args.output_dir, "done.tmp"), "w") as f:
         f.write("done")
     os.replace(os.path.join(args.output_dir, "done.tmp"), os.path.join(args.output_dir, "done"))

@@ -1,0 +1,213 @@
+"""EX2L: its loss, its diagnostics, its hparams, registration, and a run through train.py."""
+import json
+
+import pytest
+import torch
+
+from domainbed import algorithms, datasets, hparams_registry
+from domainbed.lib import misc
+from domainbed.plugins import load_plugins
+from ex2l_domainbed.algorithm import EX2L, EX2LHparamError, ex2l_hparams
+
+torch.set_num_threads(1)
+load_plugins()
+
+DIAGNOSTICS = {"loss", "loss_label", "loss_confounder", "overlap", "confounder_acc",
+               "label_map_mass", "confounder_map_mass", "label_map_zero_frac",
+               "confounder_map_zero_frac", "penalty_weight"}
+
+
+def build(name="EX2L", dataset_name="Debug28", num_attributes=None, seed=0, **overrides):
+    hparams = hparams_registry.default_hparams(name, dataset_name)
+    hparams.update(overrides)
+    dataset = datasets.get_dataset_class(dataset_name)("", [], hparams)
+    torch.manual_seed(seed)
+    cls = algorithms.get_algorithm_class(name)
+    kwargs = {"num_attributes": num_attributes} if num_attributes else {}
+    return cls(dataset.input_shape, dataset.num_classes, len(dataset), hparams, **kwargs), dataset
+
+
+def batches(dataset, n=8, with_attributes=False):
+    out = []
+    for env in dataset:
+        items = [env[i] for i in range(n)]
+        cols = 3 if with_attributes else 2
+        out.append(tuple(torch.stack([torch.as_tensor(it[j]) for it in items]) for j in range(cols)))
+    return out
+
+
+def test_registered_after_erm_and_groupdro_with_hparams():
+    names = algorithms.ALGORITHMS
+    assert names.index("EX2L") == names.index("GroupDRO") + 1 and names.count("EX2L") == 1
+    assert algorithms.get_algorithm_class("EX2L") is EX2L and EX2L.USES_ATTRIBUTES
+    hp = hparams_registry.default_hparams("EX2L", "Debug28")
+    assert {k: hp[k] for k in hp if k.startswith("ex2l_")} == {
+        "ex2l_lambda": 1.0, "ex2l_beta": 1.0, "ex2l_overlap": "cosine", "ex2l_target": "true",
+        "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
+        "ex2l_score": "log_softmax"}
+    assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
+    rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
+    expected = 10 ** __import__("numpy").random.RandomState(
+        misc.seed_hash(7, "ex2l_lambda")).uniform(-1, 1)
+    assert rnd["ex2l_lambda"] == expected  # upstream's per-name seeding rule
+    assert rnd == hparams_registry.random_hparams("EX2L", "Debug28", 7)
+
+
+def test_register_is_idempotent():
+    from ex2l_domainbed import plugin
+    plugin.register()
+    plugin.register()
+    assert algorithms.ALGORITHMS.count("EX2L") == 1
+    assert hparams_registry._HOOKS.count(ex2l_hparams) == 1
+
+
+def test_update_returns_the_loss_and_every_diagnostic():
+    algorithm, dataset = build()
+    out = algorithm.update(batches(dataset))
+    assert set(out) == DIAGNOSTICS and all(type(v) is float for v in out.values())
+    hp = algorithm.hparams
+    assert out["loss"] == pytest.approx(out["loss_label"] + hp["ex2l_beta"] * out["loss_confounder"]
+                                        + hp["ex2l_lambda"] * out["overlap"], rel=1e-5)
+    assert 0 <= out["overlap"] <= 1 and 0 <= out["confounder_acc"] <= 1
+    assert out["label_map_mass"] > 0 and out["confounder_map_mass"] > 0
+    assert algorithm.confounder_classifier.out_features == 3  # environments of Debug28
+
+
+def test_confounder_is_the_attribute_when_the_harness_passes_its_size():
+    algorithm, dataset = build(dataset_name="DebugAttr28", num_attributes=2)
+    assert algorithm.confounder_classifier.out_features == 2
+    mbs = batches(dataset, with_attributes=True)
+    algorithm.update(mbs)
+    with pytest.raises(ValueError, match="received \\(x, y\\) pairs"):
+        algorithm.update([mb[:2] for mb in mbs])
+    # without num_attributes, triples are accepted and the environment is the confounder
+    env_version, _ = build(dataset_name="DebugAttr28")
+    assert env_version.confounder_classifier.out_features == 3
+    env_version.update(mbs)
+
+
+def _label_params(algorithm):
+    return [p.detach().clone() for p in [*algorithm.featurizer.parameters(),
+                                         *algorithm.classifier.parameters()]]
+
+
+def test_without_penalty_and_confounder_loss_it_is_erm():
+    erm, dataset = build("ERM")
+    ex2l, _ = build(ex2l_lambda=0.0, ex2l_beta=0.0)
+    for a, b in zip(_label_params(erm), _label_params(ex2l)):
+        assert torch.equal(a, b)  # same initialisation
+    mbs = batches(dataset)
+    erm.update(mbs)
+    out = ex2l.update(mbs)
+    for a, b in zip(_label_params(erm), _label_params(ex2l)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert out["loss"] == pytest.approx(out["loss_label"])
+
+
+@pytest.mark.parametrize("confounder_grad", [False, True])
+def test_confounder_grad_decides_whether_its_loss_trains_the_featurizer(confounder_grad):
+    erm, dataset = build("ERM")
+    ex2l, _ = build(ex2l_lambda=0.0, ex2l_beta=1.0, ex2l_confounder_grad=confounder_grad)
+    head_before = ex2l.confounder_classifier.weight.detach().clone()
+    mbs = batches(dataset)
+    erm.update(mbs)
+    ex2l.update(mbs)
+    same = all(torch.allclose(a, b, atol=1e-6)
+               for a, b in zip(_label_params(erm), _label_params(ex2l)))
+    assert same == (not confounder_grad)
+    assert not torch.equal(head_before, ex2l.confounder_classifier.weight)
+
+
+def test_the_penalty_changes_the_update():
+    plain, dataset = build(ex2l_lambda=0.0)
+    penalised, _ = build(ex2l_lambda=10.0)
+    mbs = batches(dataset)
+    plain.update(mbs)
+    penalised.update(mbs)
+    assert not all(torch.allclose(a, b) for a, b in zip(_label_params(plain),
+                                                        _label_params(penalised)))
+
+
+def test_warmup_ramps_the_penalty_in_linearly():
+    algorithm, dataset = build(ex2l_lambda=2.0, ex2l_warmup_steps=4)
+    weights = [algorithm.update(batches(dataset))["penalty_weight"] for _ in range(6)]
+    assert weights == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
+
+
+@pytest.mark.parametrize("overrides", [
+    {"ex2l_target": "pred"}, {"ex2l_score": "logit"}, {"ex2l_overlap": "soft_iou"},
+    {"ex2l_overlap": "pearson"}, {"ex2l_gradcam": "autograd"}, {"ex2l_gradcam": "fused"},
+    {"nonlinear_classifier": True},
+    {"resnet_dropout": 0.5}])
+def test_options_train(overrides):
+    algorithm, dataset = build(**overrides)
+    for _ in range(2):
+        out = algorithm.update(batches(dataset))
+        assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
+
+
+def test_autograd_and_closed_form_backends_give_the_same_step():
+    results = []
+    for backend in ("closed_form", "autograd"):
+        algorithm, dataset = build(ex2l_gradcam=backend, ex2l_lambda=5.0)
+        algorithm.double()
+        mbs = [(x.double(), y) for x, y in batches(dataset)]
+        out = algorithm.update(mbs)
+        results.append((out, _label_params(algorithm)))
+    (out_c, p_c), (out_a, p_a) = results
+    assert out_c["overlap"] == pytest.approx(out_a["overlap"], abs=1e-12)
+    for a, b in zip(p_c, p_a):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_predict_uses_the_label_head_only():
+    algorithm, dataset = build()
+    x = batches(dataset)[0][0]
+    algorithm.eval()
+    with torch.no_grad():
+        expected = algorithm.classifier(algorithm.featurizer(x))
+        assert torch.equal(algorithm.predict(x), expected)
+        assert algorithm.predict(x).shape == (8, 2)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"ex2l_overlap": "dice"}, "ex2l_overlap='dice' is not one of cosine, pearson, soft_iou"),
+    ({"ex2l_target": "predicted"}, "ex2l_target"),
+    ({"ex2l_gradcam": "hooks"}, "ex2l_gradcam"),
+    ({"ex2l_lambda": -1.0}, "ex2l_lambda must be >= 0"),
+])
+def test_bad_hparam_values_are_clear_errors(overrides, needle):
+    with pytest.raises(EX2LHparamError, match=needle.replace("(", r"\(")):
+        build(**overrides)
+    assert issubclass(EX2LHparamError, misc.UserInputError)
+
+
+def test_train_cli_refuses_a_bad_value_before_any_work(tmp_path, run_module):
+    out = tmp_path / "run"
+    res = run_module("domainbed.scripts.train", "--dataset", "Debug28", "--algorithm", "EX2L",
+                     "--output_dir", str(out), "--steps", "2",
+                     "--hparams", '{"ex2l_overlap": "dice"}')
+    assert res.returncode == 2
+    assert "ex2l_overlap='dice'" in res.stderr and "Traceback" not in res.stderr
+    assert not (out / "done").exists() and not (out / "results.jsonl").exists()
+
+
+def test_train_logs_diagnostics_and_model_reloads(tmp_path, run_module):
+    out = tmp_path / "run"
+    res = run_module("domainbed.scripts.train", "--dataset", "DebugAttr28", "--algorithm", "EX2L",
+                     "--output_dir", str(out), "--steps", "5", "--checkpoint_freq", "2",
+                     "--hparams", '{"batch_size": 8}')
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert [r["step"] for r in records] == [0, 2, 4]
+    for r in records:
+        assert DIAGNOSTICS <= set(r) and "env0_in_wga" in r
+    saved = torch.load(out / "model.pkl", weights_only=False)
+    assert saved["model_num_attributes"] == 2
+    model = algorithms.from_checkpoint(saved)
+    assert model.confounder_classifier.out_features == 2
+    assert int(model.update_count) == 5
+    x = torch.randn(4, 3, 28, 28)
+    model.eval()
+    again = algorithms.from_checkpoint(saved).eval()
+    assert torch.equal(model.predict(x), again.predict(x))
