@@ -23,6 +23,8 @@ class UnsupportedFeaturizer(NotImplementedError):
 def _upstream_resnet_maps(featurizer: nn.Module) -> ForwardMaps:
     def forward_maps(x: torch.Tensor) -> torch.Tensor:
         n = featurizer.network
+        if hasattr(n, "forward_features"):  # timm ResNet (upstream's default since ERM++)
+            return n.forward_features(x)    # ends at layer4; its head is avg pool + fc
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
     return forward_maps

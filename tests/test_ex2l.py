@@ -211,3 +211,72 @@ def test_train_logs_diagnostics_and_model_reloads(tmp_path, run_module):
     model.eval()
     again = algorithms.from_checkpoint(saved).eval()
     assert torch.equal(model.predict(x), again.predict(x))
+
+
+# ------------------------------------------------------------------ feature maps of featurizers
+
+class _UpstreamStyleResNet(torch.nn.Module):
+    """Upstream's layout: `.network` is a torchvision ResNet with fc removed, then dropout."""
+
+    def __init__(self, timm_style=False):
+        super().__init__()
+        import torchvision
+        net = torchvision.models.resnet18(weights=None)
+        net.fc = torch.nn.Identity()
+        if timm_style:  # timm ResNets expose forward_features (ending at layer4)
+            def forward_features(x, n=net):
+                x = n.maxpool(torch.relu(n.bn1(n.conv1(x))))
+                return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+            net.forward_features = forward_features
+            net.relu = None  # timm names it act1: the adapter must not need it
+            net.forward = lambda x, n=net: n.fc(n.forward_features(x).mean((2, 3)))
+        self.network = net
+        self.dropout = torch.nn.Dropout(0.0)
+        self.n_outputs = 512
+
+    def forward(self, x):
+        return self.dropout(self.network(x))
+
+
+class _UpstreamStyleMNIST(torch.nn.Module):
+    """Upstream's MNIST_CNN layout (no forward_maps): conv/ReLU/GroupNorm x4, then GAP."""
+
+    n_outputs = 128
+
+    def __init__(self):
+        super().__init__()
+        from domainbed.networks import MNIST_CNN
+        ours = MNIST_CNN((3, 28, 28))
+        for name in ["conv1", "conv2", "conv3", "conv4", "bn0", "bn1", "bn2", "bn3"]:
+            setattr(self, name, getattr(ours, name))
+
+    def forward(self, x):
+        x = self.bn0(torch.relu(self.conv1(x)))
+        x = self.bn1(torch.relu(self.conv2(x)))
+        x = self.bn2(torch.relu(self.conv3(x)))
+        return self.bn3(torch.relu(self.conv4(x))).mean((2, 3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("domainbed.networks", fromlist=["x"]).MNIST_CNN((3, 28, 28)),
+    _UpstreamStyleMNIST, lambda: _UpstreamStyleResNet(),
+    lambda: _UpstreamStyleResNet(timm_style=True)])
+def test_split_featurizer_reproduces_the_featurizer(make):
+    from ex2l_domainbed.feature_maps import split_featurizer
+    torch.manual_seed(0)
+    featurizer = make().eval()
+    size = 28 if featurizer.n_outputs == 128 else 64
+    x = torch.randn(2, 3, size, size)
+    forward_maps, neck = split_featurizer(featurizer)
+    maps = forward_maps(x)
+    pooled = maps.mean((2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close((neck or torch.nn.Identity())(pooled), featurizer(x))
+
+
+def test_split_featurizer_refuses_an_mlp():
+    from domainbed import networks
+    from ex2l_domainbed.feature_maps import UnsupportedFeaturizer, split_featurizer
+    mlp = networks.MLP(5, 4, {"mlp_width": 4, "mlp_dropout": 0.0, "mlp_depth": 3})
+    with pytest.raises(UnsupportedFeaturizer, match="no last spatial feature map|has none"):
+        split_featurizer(mlp)
