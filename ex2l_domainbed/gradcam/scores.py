@@ -34,7 +34,8 @@ def score_values(logits: torch.Tensor, targets: torch.Tensor, score: str) -> tor
 def score_cotangent(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
     """d score / d logits, `[B, C]`, differentiable where the score is nonlinear."""
     check_score(score)
-    one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+    # scatter, not F.one_hot: one_hot validates the labels, which syncs a GPU every step
+    one_hot = torch.zeros_like(logits, requires_grad=False).scatter_(1, targets[:, None], 1.0)
     if score == "logit":
         return one_hot
     return one_hot - torch.softmax(logits, dim=1)
