@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -53,6 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from ex2l_domainbed.gradcam import fused, gradcam  # noqa: E402
+from bench_common import device_name, steady_malloc  # noqa: E402
 
 K, H, W = 2048, 7, 7
 NUM_CLASSES, NUM_ATTRIBUTES = 4, 6
@@ -325,33 +325,6 @@ def print_bandwidth(bw: dict) -> None:
                   f"{k['achieved_tb_s']:>7.3f} {frac:>8}")
     peak = next(iter(bw.values()))["peak_tb_s"] if bw else None
     print(f"device peak: {'unknown' if peak is None else f'{peak} TB/s'}")
-
-
-def steady_malloc() -> str:
-    """glibc: serve every block from the heap and never trim it, so that freed tensors are
-    reused instead of page-faulting anew each step. Returns what was done."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
-    except (OSError, AttributeError):
-        ok = False
-    return "steady (glibc mallopt: no mmap, no trim)" if ok else "glibc default (mallopt failed)"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def main(argv=None) -> int:

@@ -51,7 +51,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -65,6 +64,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from domainbed import networks  # noqa: E402
+from bench_common import device_name, steady_malloc  # noqa: E402
 
 NUM_CLASSES = 4
 NUM_ATTRIBUTES = 6
@@ -471,33 +471,6 @@ def print_table(model: str, rows: dict) -> None:
         print(f"{name:<26} {r['median_ms']:>10.1f} {r['time_ratio']:>6.2f} {iqr:>17} "
               f"{r['step_peak_bytes'] / MB:>13.1f} {r['step_peak_ratio']:>6.2f} "
               f"{r['total_bytes'] / MB:>10.1f} {r['total_ratio']:>6.2f}  {marks}")
-
-
-def steady_malloc() -> str:
-    """glibc: serve every block from the heap and never trim it, so that freed tensors are
-    reused instead of page-faulting anew each step. Returns what was done."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
-    except (OSError, AttributeError):
-        ok = False
-    return "steady (glibc mallopt: no mmap, no trim)" if ok else "glibc default (mallopt failed)"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def bench_model(model: str, args, device: torch.device) -> dict:

@@ -10,7 +10,6 @@ cost their launch overhead rather than arithmetic.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
