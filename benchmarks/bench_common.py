@@ -1,6 +1,8 @@
 """Helpers shared by the benchmarks: a steady CPU allocator and the device's name."""
 from __future__ import annotations
 
+import json
+import os
 import platform
 
 import torch
@@ -31,3 +33,11 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def write_json(path: str, result: dict) -> None:
+    """Write a benchmark's result file (creating its folder) and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {path}")

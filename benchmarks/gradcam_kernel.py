@@ -39,7 +39,6 @@ so every variant reuses memory; `--keep_malloc` leaves glibc's defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -52,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from ex2l_domainbed.gradcam import fused, gradcam  # noqa: E402
-from bench_common import device_name, steady_malloc  # noqa: E402
+from bench_common import device_name, steady_malloc, write_json  # noqa: E402
 
 K, H, W = 2048, 7, 7
 NUM_CLASSES, NUM_ATTRIBUTES = 4, 6
@@ -383,10 +382,7 @@ def main(argv=None) -> int:
         "results": {str(b): r for b, r in results.items()},
         "fused_bandwidth": {str(b): r for b, r in bandwidth.items()},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, out)
     return 0
 
 

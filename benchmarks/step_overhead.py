@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -64,7 +63,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from domainbed import networks  # noqa: E402
-from bench_common import device_name, steady_malloc  # noqa: E402
+from bench_common import device_name, steady_malloc, write_json  # noqa: E402
 
 NUM_CLASSES = 4
 NUM_ATTRIBUTES = 6
@@ -537,10 +536,7 @@ def main(argv=None) -> int:
         },
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"\nwrote {args.out}")
+    write_json(args.out, out)
     return 0
 
 
