@@ -12,6 +12,10 @@ for the true attribute. Every choice the paper leaves open is an `ex2l_` hparam 
 the overlap, the confounder head's accuracy, the mass of both maps and the share of
 all-zero maps, so that a collapse of either map is visible in results.jsonl.
 
+`ex2l_detach_confounder` keeps the confounder honest: its map's channel weights are
+constants inside the penalty, so the penalty cannot make the confounder head
+anti-predictive to silence its map (a prototype saw exactly that); only its CE trains it.
+
 The class only uses names that upstream DomainBed also has (`Algorithm`, `Featurizer`,
 `Classifier`), so the same class runs inside an upstream checkout (see `plugin`).
 """
@@ -62,6 +66,7 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     define("ex2l_warmup_steps", 0, lambda r: int(r.choice([0, 100, 300])))
     define("ex2l_gradcam", "auto", lambda r: "auto")
     define("ex2l_score", "log_softmax", lambda r: "log_softmax")
+    define("ex2l_detach_confounder", False, lambda r: False)
 
 
 class EX2L(Algorithm):
@@ -125,7 +130,8 @@ class EX2L(Algorithm):
             self.forward_maps(x), [self.classifier, self.confounder_classifier],
             [y, a] if explain_true else [None, None], neck=self.neck,
             score=self.hparams["ex2l_score"], backend=self.hparams["ex2l_gradcam"],
-            measure=self.hparams["ex2l_overlap"])
+            measure=self.hparams["ex2l_overlap"],
+            detach_weights=(False, self.hparams.get("ex2l_detach_confounder", False)))
         label_logits, confounder_logits = cam.logits
         loss_label = F.cross_entropy(label_logits, y)
         if not self.hparams["ex2l_confounder_grad"]:  # the confounder CE trains its head only

@@ -16,14 +16,15 @@ def is_this_harness() -> bool:
 
 
 def register() -> None:
-    """Add EX2L (after ERM and GroupDRO), the Spawrious and Spawrious-Lite datasets and
-    their hparams (idempotent)."""
+    """Add EX2L (after ERM and GroupDRO), the AttributeDANN baseline, the Spawrious and
+    Spawrious-Lite datasets and their hparams (idempotent)."""
     if not is_this_harness():
         from ex2l_domainbed import upstream
         upstream.register_upstream()
         return
     from domainbed import algorithms, datasets, hparams_registry
     from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
+    from ex2l_domainbed.baselines import AttributeDANN, adversary_hparams
     from ex2l_domainbed.datasets import spawrious, spawrious_lite
 
     for name, cls in {**spawrious.SPAWRIOUS_DATASETS, **spawrious_lite.LITE_DATASETS}.items():
@@ -32,3 +33,5 @@ def register() -> None:
     after = "GroupDRO" if "GroupDRO" in algorithms.ALGORITHMS else None
     algorithms.register_algorithm("EX2L", EX2L, after=after)
     hparams_registry.register_hparams_hook(ex2l_hparams)
+    algorithms.register_algorithm("AttributeDANN", AttributeDANN, after="EX2L")
+    hparams_registry.register_hparams_hook(adversary_hparams)

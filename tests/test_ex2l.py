@@ -44,7 +44,7 @@ def test_registered_after_erm_and_groupdro_with_hparams():
     assert {k: hp[k] for k in hp if k.startswith("ex2l_")} == {
         "ex2l_lambda": 1.0, "ex2l_beta": 1.0, "ex2l_overlap": "cosine", "ex2l_target": "true",
         "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
-        "ex2l_score": "log_softmax"}
+        "ex2l_score": "log_softmax", "ex2l_detach_confounder": False}
     assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
     rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
     expected = 10 ** __import__("numpy").random.RandomState(
@@ -280,3 +280,65 @@ def test_split_featurizer_refuses_an_mlp():
     mlp = networks.MLP(5, 4, {"mlp_width": 4, "mlp_dropout": 0.0, "mlp_depth": 3})
     with pytest.raises(UnsupportedFeaturizer, match="no last spatial feature map|has none"):
         split_featurizer(mlp)
+
+
+# ------------------------------------------------------------------ keeping the confounder honest
+
+def test_detached_confounder_weights_get_no_gradient_from_the_penalty():
+    from ex2l_domainbed.gradcam import gradcam
+    torch.manual_seed(0)
+    feats = torch.randn(4, 6, 5, 5, dtype=torch.float64).relu().requires_grad_()
+    heads = [torch.nn.Linear(6, 3).double(), torch.nn.Linear(6, 2).double()]
+    y, a = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 0, 1, 0])
+    for backend in ("closed_form", "autograd"):
+        cam = gradcam(feats, heads, [y, a], measure="cosine", backend=backend,
+                      detach_weights=(False, True))
+        g_label, g_conf, g_feats = torch.autograd.grad(
+            cam.overlap.sum(), [heads[0].weight, heads[1].weight, feats], allow_unused=True)
+        assert g_conf is None or torch.all(g_conf == 0)
+        assert g_label.abs().sum() > 0 and g_feats.abs().sum() > 0
+        plain = gradcam(feats, heads, [y, a], measure="cosine", backend=backend)
+        torch.testing.assert_close(cam.maps, plain.maps, rtol=0, atol=0)  # same values
+
+
+def test_honest_confounder_option_trains_its_head_by_its_loss_only():
+    honest, dataset = build(ex2l_detach_confounder=True, ex2l_beta=0.0, ex2l_lambda=10.0)
+    head = honest.confounder_classifier.weight.detach().clone()
+    honest.update(batches(dataset))
+    assert torch.equal(head, honest.confounder_classifier.weight)  # beta 0: nothing moves it
+    literal, _ = build(ex2l_beta=0.0, ex2l_lambda=10.0)
+    head = literal.confounder_classifier.weight.detach().clone()
+    literal.update(batches(dataset))
+    assert not torch.equal(head, literal.confounder_classifier.weight)  # the penalty does
+
+
+# ------------------------------------------------------------------ the attribute adversary
+
+def test_attribute_dann_is_registered_and_reverses_the_gradient():
+    from ex2l_domainbed.baselines import GradientReversal
+    assert algorithms.ALGORITHMS.index("AttributeDANN") == algorithms.ALGORITHMS.index("EX2L") + 1
+    hp = hparams_registry.default_hparams("AttributeDANN", "Debug28")
+    assert (hp["adv_lambda"], hp["adv_beta"]) == (1.0, 1.0)
+    x = torch.randn(3, requires_grad=True)
+    (GradientReversal.apply(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([-0.5, -1.0, -1.5]))
+
+
+def test_attribute_dann_adversary_learns_while_features_are_pushed_away():
+    algorithm, dataset = build("AttributeDANN", dataset_name="DebugAttr28", num_attributes=2,
+                               adv_lambda=0.0)
+    assert algorithm.adversary.out_features == 2
+    mbs = batches(dataset, with_attributes=True)
+    out = algorithm.update(mbs)
+    assert set(out) == {"loss", "loss_label", "loss_adversary", "adversary_acc"}
+    # with lambda 0 the adversary's loss does not reach the featurizer: ERM's step
+    erm, _ = build("ERM", dataset_name="DebugAttr28")
+    erm.update([mb[:2] for mb in mbs])
+    for p, q in zip(_label_params(erm), _label_params(algorithm)):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    reversed_, _ = build("AttributeDANN", dataset_name="DebugAttr28", num_attributes=2)
+    reversed_.update(mbs)
+    assert not all(torch.allclose(p, q) for p, q in zip(_label_params(erm),
+                                                        _label_params(reversed_)))
+    with pytest.raises(ValueError, match="pairs"):
+        reversed_.update([mb[:2] for mb in mbs])

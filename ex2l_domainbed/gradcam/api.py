@@ -149,13 +149,16 @@ def gradcam(features: torch.Tensor, heads: Sequence[Head],
             targets: Sequence[Optional[torch.Tensor]], *,
             neck: Optional[Head] = None, pooling: Optional[Head] = None,
             score: str = "log_softmax", backend: str = "auto", measure: Optional[str] = None,
-            eps: float = overlap_lib.DEFAULT_EPS) -> GradCAM:
+            eps: float = overlap_lib.DEFAULT_EPS,
+            detach_weights: Sequence[bool] = ()) -> GradCAM:
     """Grad-CAM maps of `heads[m]` for per-sample classes `targets[m]` on `features`.
 
     A target of None explains each sample's predicted class (argmax, not differentiated).
     `neck` (e.g. the featurizer's dropout) is applied once to the pooled vector and shared
     by all heads; `pooling` replaces global average pooling (forces the autograd backend);
     `measure` (cosine, pearson, soft_iou) also returns the overlap of maps 0 and 1.
+    `detach_weights[m]` true makes map m's channel weights constants: gradients then reach
+    that map only through the feature map, never its head (what Grad-CAM libraries do).
     Works under `torch.no_grad()` too (results are then detached).
     """
     if features.dim() != 4:
@@ -182,6 +185,9 @@ def gradcam(features: torch.Tensor, heads: Sequence[Head],
             weights, logits, pooled, explained = _closed_form_weights(features, heads, targets,
                                                                       neck, score)
         weights = weights.to(features.dtype)
+        if any(detach_weights):
+            weights = torch.stack([w.detach() if i < len(detach_weights) and detach_weights[i]
+                                   else w for i, w in enumerate(weights.unbind(1))], 1)
         if chosen == "fused":
             sim, maps = fused.fused_maps_overlap(features, weights, measure, eps)
         else:
