@@ -17,6 +17,7 @@ setup(
         "tqdm",
         "submitit",
         "scikit-image",  # real photographs and textures behind Spawrious-Lite
+        "matplotlib",  # Grad-CAM figures (ex2l_domainbed.viz)
     ],
     package_data={"ex2l_domainbed.datasets": ["weights/*.pt", "weights/*.json"]},
     # captum: an independent Grad-CAM implementation the tests compare against.

@@ -57,6 +57,8 @@ def attribute_kwargs(algorithm_class: type, dataset) -> dict[str, Any]:
 
 def from_checkpoint(save_dict: dict[str, Any]) -> "Algorithm":
     """Rebuild the algorithm saved in a `model.pkl` dict (as train.py writes it) and load it."""
+    from domainbed.plugins import load_plugins
+    load_plugins()  # a plugin's algorithm resolves only once its plugin has registered
     cls = get_algorithm_class(save_dict["args"]["algorithm"])
     extra = {"num_attributes": save_dict["model_num_attributes"]} \
         if "model_num_attributes" in save_dict else {}
