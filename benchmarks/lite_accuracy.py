@@ -1,0 +1,173 @@
+"""Does EX2L help? ERM, GroupDRO, AttributeDANN and EX2L on Spawrious-Lite (not a test).
+
+DomainBed's protocol, small: for each dataset and algorithm, `--n_hparams` hparam settings
+(seed 0 = the defaults, then upstream-style random draws) x `--trials` trials, every run
+trained with `domainbed.scripts.train` (test environment 0, a checkpoint model saved every
+100 steps). Selection uses training-domain validation only: in each run the checkpoint with
+the best mean validation accuracy of the training environments, then the hparam setting with
+the best mean over trials. The test environment never chooses anything. Reported: test AA
+and WGA (mean +- sample sd over the chosen setting's trials), validation accuracy, and at the
+chosen checkpoints the training-batch diagnostics (confounder/adversary accuracy, map mass)
+plus, with `--analyse`, what the maps do on test images (`lite_maps.py`).
+
+    OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --jobs 2            # ~1 h on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --analyse           # + map analysis
+
+Runs are cached in `--out_dir` (a finished run is not retrained); the table and
+`benchmarks/results/lite_accuracy.json` are rebuilt from them every time.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from lite_baselines import mean_sd  # noqa: E402
+
+DATASETS = ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"]
+# label -> (algorithm, fixed hparams): EX2L as specified, and with an honest confounder.
+VARIANTS = {
+    "ERM": ("ERM", {}),
+    "GroupDRO": ("GroupDRO", {}),
+    "AttributeDANN": ("AttributeDANN", {}),
+    "EX2L": ("EX2L", {}),
+    "EX2L-honest": ("EX2L", {"ex2l_detach_confounder": True}),
+}
+DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
+               "confounder_map_mass", "label_map_zero_frac", "confounder_map_zero_frac"]
+
+
+def run_dir(out_dir: str, dataset: str, label: str, hparams_seed: int, trial: int) -> str:
+    return os.path.join(out_dir, f"{dataset}-{label}-h{hparams_seed}-t{trial}")
+
+
+def train_one(job: tuple, args) -> tuple[str, float, bool]:
+    """Train one run unless it is done; return (folder, seconds, whether it ran)."""
+    from domainbed.lib import misc
+
+    dataset, label, hparams_seed, trial = job
+    algorithm, fixed = VARIANTS[label]
+    out = run_dir(args.out_dir, dataset, label, hparams_seed, trial)
+    if os.path.exists(os.path.join(out, "done")):
+        return out, 0.0, False
+    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", dataset,
+           "--algorithm", algorithm, "--test_envs", "0", "--data_dir", args.data_dir,
+           "--output_dir", out, "--hparams_seed", str(hparams_seed), "--trial_seed", str(trial),
+           "--seed", str(misc.seed_hash(dataset, algorithm, [0], hparams_seed, trial)),
+           "--save_model_every_checkpoint"]
+    if fixed:
+        cmd += ["--hparams", json.dumps(fixed)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, cwd=os.path.dirname(HERE))
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed ({out}):\n{proc.stderr[-2000:]}")
+    return out, time.time() - t0, True
+
+
+def selected_checkpoint(out: str) -> dict:
+    """Training-domain validation inside one run: the first checkpoint with the best val."""
+    from domainbed.lib.query import Q
+    from domainbed.model_selection import IIDAccuracySelectionMethod as IID
+
+    with open(os.path.join(out, "results.jsonl")) as f:
+        records = Q([json.loads(line) for line in f if line.strip()])
+    best = max(records, key=lambda r: IID._step_acc(r)["val_acc"])
+    row = {"val": IID._step_acc(best)["val_acc"], "aa": best["env0_in_acc"],
+           "wga": best["env0_in_wga"], "step": best["step"], "dir": out,
+           "hparams": best["hparams"]}
+    row.update({k: best[k] for k in DIAGNOSTICS if k in best})
+    return row
+
+
+def select(args, dataset: str, label: str) -> dict:
+    """Pick the hparam setting with the best mean validation accuracy over its trials."""
+    settings = []
+    for hs in range(args.n_hparams):
+        trials = [selected_checkpoint(run_dir(args.out_dir, dataset, label, hs, t))
+                  for t in range(args.trials)]
+        settings.append((sum(r["val"] for r in trials) / len(trials), hs, trials))
+    val, hs, trials = max(settings, key=lambda s: (s[0], -s[1]))
+    summary = {"hparams_seed": hs, "n": len(trials),
+               "mean_val_per_setting": [round(s[0], 4) for s in settings]}
+    for key in ["val", "aa", "wga", *DIAGNOSTICS]:
+        if all(key in r for r in trials):
+            summary[key] = mean_sd([r[key] for r in trials])
+    summary["trials"] = trials
+    return summary
+
+
+def print_table(table: dict) -> None:
+    header = (f"{'dataset':<24} {'algorithm':<14} {'h':>2}  {'val':>13}  {'test AA':>13}  "
+              f"{'test WGA':>13}  {'conf/adv acc':>13}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for (dataset, label), row in table.items():
+        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ("val", "aa", "wga")]
+        conf = row.get("confounder_acc") or row.get("adversary_acc")
+        cells.append(f"{conf[0]:.3f} ± {conf[1]:.3f}" if conf else f"{'-':>13}")
+        print(f"{dataset:<24} {label:<14} {row['hparams_seed']:>2}  " + "  ".join(cells))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default="data/spawrious_lite")
+    parser.add_argument("--out_dir", default="runs/lite_accuracy")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "lite_accuracy.json"))
+    parser.add_argument("--datasets", nargs="*", default=DATASETS)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--n_hparams", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--analyse", action="store_true",
+                        help="also measure the maps of the chosen checkpoints on test images")
+    args = parser.parse_args(argv)
+
+    from ex2l_domainbed.datasets import spawrious_lite
+    if not os.path.isdir(os.path.join(args.data_dir, "spawrious224")):
+        spawrious_lite.generate(args.data_dir)
+    jobs = [(d, v, hs, t) for d in args.datasets for v in args.variants
+            for hs in range(args.n_hparams) for t in range(args.trials)]
+    print(f"{len(jobs)} runs, {args.jobs} at a time, torch threads per run: {args.threads}",
+          flush=True)
+    t0, seconds = time.time(), []
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(train_one, job, args): job for job in jobs}
+        for fut in concurrent.futures.as_completed(futures):
+            out, secs, ran = fut.result()
+            if ran:
+                seconds.append(secs)
+                print(f"  done {os.path.basename(out)} ({secs:.0f} s)", flush=True)
+    print(f"training: {time.time() - t0:.0f} s wall, {len(seconds)} runs trained")
+
+    table = {(d, v): select(args, d, v) for d in args.datasets for v in args.variants}
+    if args.analyse:
+        import lite_maps
+        for (d, v), row in table.items():
+            row["maps"] = lite_maps.analyse_trials(row["trials"], args.data_dir)
+    print_table(table)
+    if args.analyse:
+        lite_maps.print_table(table)
+    import torch
+    result = {"benchmark": "lite_accuracy", "selection": "training-domain validation",
+              "n_hparams": args.n_hparams, "trials": args.trials, "threads_per_run": args.threads,
+              "parallel_runs": args.jobs, "torch": torch.__version__,
+              "variants": {k: {"algorithm": a, "fixed_hparams": h} for k, (a, h) in VARIANTS.items()},
+              "table": {f"{d}/{v}": row for (d, v), row in table.items()}}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
