@@ -40,6 +40,15 @@ VARIANTS = {
     "EX2L": ("EX2L", {}),
     "EX2L-honest": ("EX2L", {"ex2l_detach_confounder": True}),
 }
+# Probes for the investigation (not in the default table): the first prototype's best
+# setting (lambda 10, beta 0.1), literal and with the honest confounder; run them with
+# --variants ... --n_hparams 1 (defaults plus these fixed values).
+PROBES = {
+    "EX2L-l10-b0.1": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_beta": 0.1}),
+    "EX2L-honest-l10-b0.1": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_beta": 0.1,
+                                      "ex2l_detach_confounder": True}),
+}
+ALL_VARIANTS = {**VARIANTS, **PROBES}
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
                "confounder_map_mass", "label_map_zero_frac", "confounder_map_zero_frac"]
 
@@ -53,7 +62,7 @@ def train_one(job: tuple, args) -> tuple[str, float, bool]:
     from domainbed.lib import misc
 
     dataset, label, hparams_seed, trial = job
-    algorithm, fixed = VARIANTS[label]
+    algorithm, fixed = ALL_VARIANTS[label]
     out = run_dir(args.out_dir, dataset, label, hparams_seed, trial)
     if os.path.exists(os.path.join(out, "done")):
         return out, 0.0, False
@@ -122,7 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out_dir", default="runs/lite_accuracy")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "lite_accuracy.json"))
     parser.add_argument("--datasets", nargs="*", default=DATASETS)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
+                        choices=list(ALL_VARIANTS))
     parser.add_argument("--n_hparams", type=int, default=3)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
@@ -160,7 +170,8 @@ def main(argv=None) -> int:
     result = {"benchmark": "lite_accuracy", "selection": "training-domain validation",
               "n_hparams": args.n_hparams, "trials": args.trials, "threads_per_run": args.threads,
               "parallel_runs": args.jobs, "torch": torch.__version__,
-              "variants": {k: {"algorithm": a, "fixed_hparams": h} for k, (a, h) in VARIANTS.items()},
+              "variants": {k: {"algorithm": a, "fixed_hparams": h}
+                           for k, (a, h) in ALL_VARIANTS.items() if k in args.variants},
               "table": {f"{d}/{v}": row for (d, v), row in table.items()}}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
