@@ -47,6 +47,13 @@ PROBES = {
     "EX2L-l10-b0.1": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_beta": 0.1}),
     "EX2L-honest-l10-b0.1": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_beta": 0.1,
                                       "ex2l_detach_confounder": True}),
+    # an honest confounder that reads the features without shaping them, and learns first
+    "EX2L-honest-cg0-w300-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_confounder": True,
+                                         "ex2l_confounder_grad": False,
+                                         "ex2l_warmup_steps": 300}),
+    "EX2L-honest-cg0-w300-l10": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_detach_confounder": True,
+                                          "ex2l_confounder_grad": False,
+                                          "ex2l_warmup_steps": 300}),
 }
 ALL_VARIANTS = {**VARIANTS, **PROBES}
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
