@@ -29,6 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench_common import write_json  # noqa: E402
 from lite_baselines import mean_sd  # noqa: E402
 
 DATASETS = ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"]
@@ -55,7 +56,11 @@ PROBES = {
                                           "ex2l_confounder_grad": False,
                                           "ex2l_warmup_steps": 300}),
 }
-ALL_VARIANTS = {**VARIANTS, **PROBES}
+# The most promising probe's formulation under the same random search as the others.
+SEARCHES = {
+    "EX2L-separate": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+}
+ALL_VARIANTS = {**VARIANTS, **PROBES, **SEARCHES}
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
                "confounder_map_mass", "label_map_zero_frac", "confounder_map_zero_frac"]
 
@@ -180,10 +185,7 @@ def main(argv=None) -> int:
               "variants": {k: {"algorithm": a, "fixed_hparams": h}
                            for k, (a, h) in ALL_VARIANTS.items() if k in args.variants},
               "table": {f"{d}/{v}": row for (d, v), row in table.items()}}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

@@ -31,6 +31,7 @@ from domainbed import networks
 from domainbed.algorithms import Algorithm
 from ex2l_domainbed import gradcam as gradcam_lib
 from ex2l_domainbed.feature_maps import split_featurizer
+from ex2l_domainbed.nuisance import nuisance_labels
 
 try:  # this harness reports bad input as one line; upstream DomainBed has no such class
     from domainbed.lib.misc import UserInputError as _InputError
@@ -113,18 +114,10 @@ class EX2L(Algorithm):
         ramp = 1.0 if warmup <= 0 else min(1.0, int(self.update_count.item()) / warmup)
         return self.hparams["ex2l_lambda"] * ramp
 
-    def _confounders(self, minibatches: list[tuple]) -> torch.Tensor:
-        if self.confounder_is_attribute:
-            if any(len(mb) < 3 for mb in minibatches):
-                raise ValueError("EX2L was built for a dataset with attributes (num_attributes "
-                                 "given) but received (x, y) pairs without them.")
-            return torch.cat([mb[2] for mb in minibatches])
-        return torch.cat([torch.full_like(mb[1], i) for i, mb in enumerate(minibatches)])
-
     def update(self, minibatches, unlabeled=None):
         x = torch.cat([mb[0] for mb in minibatches])
         y = torch.cat([mb[1] for mb in minibatches])
-        a = self._confounders(minibatches)
+        a = nuisance_labels(minibatches, self.confounder_is_attribute, "EX2L")
         explain_true = self.hparams["ex2l_target"] == "true"
         cam = gradcam_lib.gradcam(
             self.forward_maps(x), [self.classifier, self.confounder_classifier],

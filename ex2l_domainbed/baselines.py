@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from domainbed import networks
 from domainbed.algorithms import Algorithm
+from ex2l_domainbed.nuisance import nuisance_labels
 
 
 class GradientReversal(torch.autograd.Function):
@@ -64,18 +65,10 @@ class AttributeDANN(Algorithm):
         self.optimizer = torch.optim.Adam(params, lr=self.hparams["lr"],
                                           weight_decay=self.hparams["weight_decay"])
 
-    def _nuisance(self, minibatches: list[tuple]) -> torch.Tensor:
-        if self.adversary_is_attribute:
-            if any(len(mb) < 3 for mb in minibatches):
-                raise ValueError("AttributeDANN was built for a dataset with attributes "
-                                 "(num_attributes given) but received (x, y) pairs.")
-            return torch.cat([mb[2] for mb in minibatches])
-        return torch.cat([torch.full_like(mb[1], i) for i, mb in enumerate(minibatches)])
-
     def update(self, minibatches, unlabeled=None):
         x = torch.cat([mb[0] for mb in minibatches])
         y = torch.cat([mb[1] for mb in minibatches])
-        a = self._nuisance(minibatches)
+        a = nuisance_labels(minibatches, self.adversary_is_attribute, "AttributeDANN")
         z = self.featurizer(x)
         loss_label = F.cross_entropy(self.classifier(z), y)
         adv_logits = self.adversary(GradientReversal.apply(z, self.hparams["adv_lambda"]))
