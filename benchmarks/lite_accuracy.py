@@ -59,6 +59,10 @@ PROBES = {
 # The most promising probe's formulation under the same random search as the others.
 SEARCHES = {
     "EX2L-separate": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+    "EX2L-separate-w300": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False,
+                                    "ex2l_warmup_steps": 300}),
+    "EX2L-separate-iou": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False,
+                                   "ex2l_overlap": "soft_iou"}),
 }
 ALL_VARIANTS = {**VARIANTS, **PROBES, **SEARCHES}
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
