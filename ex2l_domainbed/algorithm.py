@@ -108,10 +108,13 @@ class EX2L(Algorithm):
             if not hparams.get(name, 0) >= 0:
                 raise EX2LHparamError(f"hparam {name} must be >= 0, got {hparams.get(name)!r}.")
 
-    def penalty_weight(self) -> float:
-        """lambda, ramped linearly from 0 at step 0 to full weight at ex2l_warmup_steps."""
+    def penalty_weight(self) -> torch.Tensor:
+        """lambda, ramped linearly from 0 at step 0 to full weight at ex2l_warmup_steps.
+
+        A tensor computed from the step-count buffer, so reading it never syncs a GPU."""
         warmup = self.hparams["ex2l_warmup_steps"]
-        ramp = 1.0 if warmup <= 0 else min(1.0, int(self.update_count.item()) / warmup)
+        count = self.update_count.float().squeeze(0)
+        ramp = (count / warmup).clamp(max=1.0) if warmup > 0 else torch.ones_like(count)
         return self.hparams["ex2l_lambda"] * ramp
 
     def update(self, minibatches, unlabeled=None):
@@ -149,13 +152,13 @@ class EX2L(Algorithm):
         with few ops: on small models every extra op is a visible share of the step."""
         mass = cam.maps.detach().flatten(2).sum(2)  # [B, 2]: each map's positive evidence
         scalars = torch.stack([loss, loss_label, loss_confounder, overlap,
-                               (confounder_logits.argmax(1) == a).float().mean()]).detach()
+                               (confounder_logits.argmax(1) == a).float().mean(), lam]).detach()
         map_stats = torch.cat([mass.mean(0), (mass == 0).float().mean(0)])
         values = torch.cat([scalars, map_stats]).tolist()
         names = ["loss", "loss_label", "loss_confounder", "overlap", "confounder_acc",
-                 "label_map_mass", "confounder_map_mass", "label_map_zero_frac",
-                 "confounder_map_zero_frac"]
-        return {**dict(zip(names, values)), "penalty_weight": float(lam)}
+                 "penalty_weight", "label_map_mass", "confounder_map_mass",
+                 "label_map_zero_frac", "confounder_map_zero_frac"]
+        return dict(zip(names, values))
 
     def predict(self, x):
         return self.network(x)

@@ -28,6 +28,8 @@ class NoRunFound(FileNotFoundError):
 
 def best_run(sweep_dir: str, algorithm: str) -> str:
     """The finished run of `algorithm` with the best training-domain validation accuracy."""
+    from domainbed.model_selection import IIDAccuracySelectionMethod
+
     best, best_val = None, -1.0
     for name in sorted(os.listdir(sweep_dir)):
         run = os.path.join(sweep_dir, name)
@@ -38,9 +40,7 @@ def best_run(sweep_dir: str, algorithm: str) -> str:
             last = json.loads(f.readlines()[-1])
         if last["args"]["algorithm"] != algorithm:
             continue
-        test_envs = last["args"]["test_envs"]
-        n_envs = sum(1 for k in last if k.startswith("env") and k.endswith("_out_acc"))
-        val = np.mean([last[f"env{i}_out_acc"] for i in range(n_envs) if i not in test_envs])
+        val = IIDAccuracySelectionMethod._step_acc(last)["val_acc"]
         if val > best_val:
             best, best_val = run, val
     if best is None:

@@ -92,13 +92,6 @@ def _target(out: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
     return out.detach().argmax(1) if y is None else y
 
 
-def _linear_weights(weight: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
-                    score: str) -> torch.Tensor:
-    """GAP + linear head: `t @ W`, i.e. the target's row of W, softmax-centred for the
-    log-softmax score (no autograd call: one matrix product per head)."""
-    return score_cotangent(logits, y, score) @ weight
-
-
 def _closed_form_weights(features, heads, targets, neck, score):
     """Channel weights J(p)^T t / (h*w) and the logits, from one forward of each head."""
     pooled = features.mean((2, 3))
@@ -110,10 +103,10 @@ def _closed_form_weights(features, heads, targets, neck, score):
     for head, y in zip(heads, targets):
         out = head(z)
         y = _target(out, y)
+        t = score_cotangent(out, y, score)
         if linear_ok and isinstance(head, nn.Linear):
-            w = _linear_weights(head.weight, out, y, score)
+            w = t @ head.weight  # GAP + linear: the (softmax-centred) target row of W
         else:
-            t = score_cotangent(out, y, score)
             w = torch.autograd.grad(out, pooled, grad_outputs=t, create_graph=True)[0]
         logits.append(out)
         weights.append(w)

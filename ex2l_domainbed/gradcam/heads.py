@@ -34,4 +34,4 @@ def is_pointwise_identity(neck: Optional[Head]) -> bool:
         return not neck.training or neck.p == 0
     if isinstance(neck, nn.Sequential):
         return all(is_pointwise_identity(m) for m in neck)
-    return type(neck).__name__ == "Identity" and isinstance(neck, nn.Module)
+    return False
