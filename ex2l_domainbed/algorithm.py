@@ -15,6 +15,11 @@ all-zero maps, so that a collapse of either map is visible in results.jsonl.
 `ex2l_detach_confounder` keeps the confounder honest: its map's channel weights are
 constants inside the penalty, so the penalty cannot make the confounder head
 anti-predictive to silence its map (a prototype saw exactly that); only its CE trains it.
+`ex2l_detach_label` does the same for the label map, so the penalty cannot be met by
+re-weighting the label head's channels: it must change the features themselves.
+`ex2l_target: all` explains every class of both heads: each head's map is the sum of its
+Grad-CAMs for all its classes, so evidence *against* a class (which the true class's
+ReLU map hides) counts too: the maps show where any class (attribute) evidence is.
 
 The class only uses names that upstream DomainBed also has (`Algorithm`, `Featurizer`,
 `Classifier`), so the same class runs inside an upstream checkout (see `plugin`).
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from domainbed import networks
 from domainbed.algorithms import Algorithm
 from ex2l_domainbed import gradcam as gradcam_lib
+from ex2l_domainbed.gradcam import overlap as overlap_lib
 from ex2l_domainbed.feature_maps import split_featurizer
 from ex2l_domainbed.nuisance import nuisance_labels
 
@@ -38,7 +44,7 @@ try:  # this harness reports bad input as one line; upstream DomainBed has no su
 except ImportError:  # pragma: no cover - exercised inside an upstream checkout
     _InputError = ValueError
 
-TARGETS = ("true", "pred")
+TARGETS = ("true", "pred", "all")
 CHOICES = {
     "ex2l_overlap": gradcam_lib.MEASURES,
     "ex2l_target": TARGETS,
@@ -68,6 +74,7 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     define("ex2l_gradcam", "auto", lambda r: "auto")
     define("ex2l_score", "log_softmax", lambda r: "log_softmax")
     define("ex2l_detach_confounder", False, lambda r: False)
+    define("ex2l_detach_label", False, lambda r: False)
 
 
 class EX2L(Algorithm):
@@ -79,6 +86,7 @@ class EX2L(Algorithm):
                  num_attributes: Optional[int] = None):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.check_hparams(hparams)
+        self.num_classes = num_classes
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.forward_maps, self.neck = split_featurizer(self.featurizer)
         nonlinear = self.hparams["nonlinear_classifier"]
@@ -104,6 +112,10 @@ class EX2L(Algorithm):
                 raise EX2LHparamError(
                     f"hparam {name}={hparams.get(name)!r} is not one of {', '.join(valid)}. "
                     f"Pass e.g. --hparams '{{\"{name}\": \"{valid[0]}\"}}'.")
+        if hparams["ex2l_target"] == "all" and hparams["ex2l_gradcam"] == "fused":
+            raise EX2LHparamError(
+                "hparam ex2l_target=all explains every class, which the fused Grad-CAM kernel "
+                "(two maps) cannot do. Pass --hparams '{\"ex2l_gradcam\": \"auto\"}'.")
         for name in ("ex2l_lambda", "ex2l_beta", "ex2l_warmup_steps"):
             if not hparams.get(name, 0) >= 0:
                 raise EX2LHparamError(f"hparam {name} must be >= 0, got {hparams.get(name)!r}.")
@@ -121,19 +133,13 @@ class EX2L(Algorithm):
         x = torch.cat([mb[0] for mb in minibatches])
         y = torch.cat([mb[1] for mb in minibatches])
         a = nuisance_labels(minibatches, self.confounder_is_attribute, "EX2L")
-        explain_true = self.hparams["ex2l_target"] == "true"
-        cam = gradcam_lib.gradcam(
-            self.forward_maps(x), [self.classifier, self.confounder_classifier],
-            [y, a] if explain_true else [None, None], neck=self.neck,
-            score=self.hparams["ex2l_score"], backend=self.hparams["ex2l_gradcam"],
-            measure=self.hparams["ex2l_overlap"],
-            detach_weights=(False, self.hparams.get("ex2l_detach_confounder", False)))
-        label_logits, confounder_logits = cam.logits
+        cam, label_map, confounder_map, overlap = self._explain(x, y, a)
+        label_logits, confounder_logits = cam.logits[0], cam.logits[-1]
         loss_label = F.cross_entropy(label_logits, y)
         if not self.hparams["ex2l_confounder_grad"]:  # the confounder CE trains its head only
             confounder_logits = self.confounder_classifier(cam.pooled.detach())
         loss_confounder = F.cross_entropy(confounder_logits, a)
-        overlap = cam.overlap.mean()
+        overlap = overlap.mean()
         lam = self.penalty_weight()
         loss = loss_label + self.hparams["ex2l_beta"] * loss_confounder + lam * overlap
 
@@ -142,15 +148,44 @@ class EX2L(Algorithm):
         self.optimizer.step()
         self.update_count += 1
 
-        return self._diagnostics(loss, loss_label, loss_confounder, overlap, lam, cam,
+        maps = torch.stack([label_map, confounder_map], 1)
+        return self._diagnostics(loss, loss_label, loss_confounder, overlap, lam, maps,
                                  confounder_logits, a)
 
+    def _explain(self, x, y, a):
+        """The Grad-CAM maps of both heads, the label head's logits first and the
+        confounder's last in `cam.logits`, and the per-sample overlap of the two maps."""
+        target = self.hparams["ex2l_target"]
+        detach = (self.hparams.get("ex2l_detach_label", False),
+                  self.hparams.get("ex2l_detach_confounder", False))
+        common = dict(neck=self.neck, score=self.hparams["ex2l_score"],
+                      backend=self.hparams["ex2l_gradcam"])
+        if target != "all":
+            explain = [y, a] if target == "true" else [None, None]
+            cam = gradcam_lib.gradcam(
+                self.forward_maps(x), [self.classifier, self.confounder_classifier], explain,
+                measure=self.hparams["ex2l_overlap"], detach_weights=detach, **common)
+            return cam, cam.maps[:, 0], cam.maps[:, 1], cam.overlap
+        # every class of both heads: one map per class, summed per head
+        features = self.forward_maps(x)
+        n_conf = self.confounder_classifier.out_features
+        heads = [self.classifier] * self.num_classes + [self.confounder_classifier] * n_conf
+        classes = [torch.full_like(y, j) for j in range(self.num_classes)]
+        classes += [torch.full_like(a, j) for j in range(n_conf)]
+        cam = gradcam_lib.gradcam(
+            features, heads, classes, detach_weights=(detach[0],) * self.num_classes
+            + (detach[1],) * n_conf, **common)
+        label_map = cam.maps[:, :self.num_classes].sum(1)
+        confounder_map = cam.maps[:, self.num_classes:].sum(1)
+        overlap = overlap_lib.overlap(label_map, confounder_map, self.hparams["ex2l_overlap"])
+        return cam, label_map, confounder_map, overlap
+
     @staticmethod
-    def _diagnostics(loss, loss_label, loss_confounder, overlap, lam, cam, confounder_logits,
+    def _diagnostics(loss, loss_label, loss_confounder, overlap, lam, maps, confounder_logits,
                      a) -> dict[str, float]:
         """All logged values, read from the device in one transfer (one sync on CUDA), built
         with few ops: on small models every extra op is a visible share of the step."""
-        mass = cam.maps.detach().flatten(2).sum(2)  # [B, 2]: each map's positive evidence
+        mass = maps.detach().flatten(2).sum(2)  # [B, 2]: each map's positive evidence
         scalars = torch.stack([loss, loss_label, loss_confounder, overlap,
                                (confounder_logits.argmax(1) == a).float().mean(), lam]).detach()
         map_stats = torch.cat([mass.mean(0), (mass == 0).float().mean(0)])

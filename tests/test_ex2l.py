@@ -44,7 +44,8 @@ def test_registered_after_erm_and_groupdro_with_hparams():
     assert {k: hp[k] for k in hp if k.startswith("ex2l_")} == {
         "ex2l_lambda": 1.0, "ex2l_beta": 1.0, "ex2l_overlap": "cosine", "ex2l_target": "true",
         "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
-        "ex2l_score": "log_softmax", "ex2l_detach_confounder": False}
+        "ex2l_score": "log_softmax", "ex2l_detach_confounder": False,
+        "ex2l_detach_label": False}
     assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
     rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
     expected = 10 ** __import__("numpy").random.RandomState(
@@ -135,7 +136,8 @@ def test_warmup_ramps_the_penalty_in_linearly():
 
 
 @pytest.mark.parametrize("overrides", [
-    {"ex2l_target": "pred"}, {"ex2l_score": "logit"}, {"ex2l_overlap": "soft_iou"},
+    {"ex2l_target": "pred"}, {"ex2l_target": "all"}, {"ex2l_detach_label": True},
+    {"ex2l_score": "logit"}, {"ex2l_overlap": "soft_iou"},
     {"ex2l_overlap": "pearson"}, {"ex2l_gradcam": "autograd"}, {"ex2l_gradcam": "fused"},
     {"nonlinear_classifier": True},
     {"resnet_dropout": 0.5}])
@@ -175,6 +177,7 @@ def test_predict_uses_the_label_head_only():
     ({"ex2l_target": "predicted"}, "ex2l_target"),
     ({"ex2l_gradcam": "hooks"}, "ex2l_gradcam"),
     ({"ex2l_lambda": -1.0}, "ex2l_lambda must be >= 0"),
+    ({"ex2l_target": "all", "ex2l_gradcam": "fused"}, "ex2l_target=all explains every class"),
 ])
 def test_bad_hparam_values_are_clear_errors(overrides, needle):
     with pytest.raises(EX2LHparamError, match=needle.replace("(", r"\(")):
@@ -310,6 +313,44 @@ def test_honest_confounder_option_trains_its_head_by_its_loss_only():
     head = literal.confounder_classifier.weight.detach().clone()
     literal.update(batches(dataset))
     assert not torch.equal(head, literal.confounder_classifier.weight)  # the penalty does
+
+
+def test_features_only_penalty_moves_no_head():
+    """With both maps' weights detached (beta 0), the penalty's gradient reaches the
+    featurizer but neither head: the heads' gradients are those of lambda 0."""
+    grads = {}
+    for lam in (0.0, 10.0):
+        algorithm, dataset = build(ex2l_detach_label=True, ex2l_detach_confounder=True,
+                                   ex2l_beta=0.0, ex2l_lambda=lam)
+        algorithm.double()
+        algorithm.update([(x.double(), y) for x, y in batches(dataset)])
+        grads[lam] = [p.grad.clone() for p in (algorithm.classifier.weight,
+                                               *algorithm.featurizer.parameters())]
+    torch.testing.assert_close(grads[0.0][0], grads[10.0][0], rtol=0, atol=1e-12)
+    assert any(not torch.allclose(g, h) for g, h in zip(grads[0.0][1:], grads[10.0][1:]))
+    literal, dataset = build(ex2l_detach_confounder=True, ex2l_beta=0.0, ex2l_lambda=10.0)
+    literal.double()
+    literal.update([(x.double(), y) for x, y in batches(dataset)])
+    assert not torch.allclose(literal.classifier.weight.grad, grads[0.0][0])  # not detached
+
+
+def test_all_class_maps_are_the_sums_of_every_class_map():
+    from ex2l_domainbed.gradcam import gradcam
+    from ex2l_domainbed.gradcam.overlap import cosine
+    algorithm, dataset = build(ex2l_target="all")
+    x, y = torch.cat([b[0] for b in batches(dataset)]), torch.cat([b[1] for b in batches(dataset)])
+    a = torch.zeros_like(y)
+    algorithm.eval()
+
+    def summed(head, n):
+        return sum(gradcam(algorithm.forward_maps(x), [head], [torch.full_like(y, j)],
+                           neck=algorithm.neck).maps[:, 0] for j in range(n))
+    with torch.no_grad():
+        cam, label_map, conf_map, overlap = algorithm._explain(x, y, a)
+        torch.testing.assert_close(label_map, summed(algorithm.classifier, 2))
+        torch.testing.assert_close(conf_map, summed(algorithm.confounder_classifier, 3))
+    torch.testing.assert_close(overlap, cosine(label_map, conf_map))
+    assert torch.equal(cam.logits[0], algorithm.predict(x))
 
 
 # ------------------------------------------------------------------ the attribute adversary
