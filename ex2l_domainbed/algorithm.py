@@ -20,6 +20,11 @@ re-weighting the label head's channels: it must change the features themselves.
 `ex2l_target: all` explains every class of both heads: each head's map is the sum of its
 Grad-CAMs for all its classes, so evidence *against* a class (which the true class's
 ReLU map hides) counts too: the maps show where any class (attribute) evidence is.
+`ex2l_conditional_confounder` makes the confounder predict the attribute *given the
+class*: its softmax runs only over the attributes seen with the sample's class so far
+(a co-occurrence table kept as a buffer). Where class and attribute are strongly
+correlated (one-to-one challenges) an unconditional confounder can read the object,
+and its map then pushes the label map off the object.
 
 The class only uses names that upstream DomainBed also has (`Algorithm`, `Featurizer`,
 `Classifier`), so the same class runs inside an upstream checkout (see `plugin`).
@@ -75,6 +80,7 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     define("ex2l_score", "log_softmax", lambda r: "log_softmax")
     define("ex2l_detach_confounder", False, lambda r: False)
     define("ex2l_detach_label", False, lambda r: False)
+    define("ex2l_conditional_confounder", False, lambda r: False)
 
 
 class EX2L(Algorithm):
@@ -95,6 +101,7 @@ class EX2L(Algorithm):
         # otherwise the training-environment index (always so inside upstream DomainBed).
         self.confounder_is_attribute = bool(num_attributes)
         n_confounders = num_attributes if num_attributes else num_domains
+        self.num_confounders = n_confounders
         self.confounder_classifier = networks.Classifier(
             self.featurizer.n_outputs, n_confounders, nonlinear)
         self.network = nn.Sequential(self.featurizer, self.classifier)
@@ -103,6 +110,8 @@ class EX2L(Algorithm):
         self.optimizer = torch.optim.Adam(params, lr=self.hparams["lr"],
                                           weight_decay=self.hparams["weight_decay"])
         self.register_buffer("update_count", torch.tensor([0]))
+        if self.hparams.get("ex2l_conditional_confounder", False):
+            self.register_buffer("cooccurrence", torch.zeros(num_classes, n_confounders))
 
     @staticmethod
     def check_hparams(hparams: dict[str, Any]) -> None:
@@ -133,11 +142,14 @@ class EX2L(Algorithm):
         x = torch.cat([mb[0] for mb in minibatches])
         y = torch.cat([mb[1] for mb in minibatches])
         a = nuisance_labels(minibatches, self.confounder_is_attribute, "EX2L")
+        if hasattr(self, "cooccurrence"):
+            self.cooccurrence.index_put_((y, a), torch.ones_like(y, dtype=torch.float),
+                                         accumulate=True)
         cam, label_map, confounder_map, overlap = self._explain(x, y, a)
         label_logits, confounder_logits = cam.logits[0], cam.logits[-1]
         loss_label = F.cross_entropy(label_logits, y)
         if not self.hparams["ex2l_confounder_grad"]:  # the confounder CE trains its head only
-            confounder_logits = self.confounder_classifier(cam.pooled.detach())
+            confounder_logits = self._confounder_head(y)(cam.pooled.detach())
         loss_confounder = F.cross_entropy(confounder_logits, a)
         overlap = overlap.mean()
         lam = self.penalty_weight()
@@ -152,6 +164,20 @@ class EX2L(Algorithm):
         return self._diagnostics(loss, loss_label, loss_confounder, overlap, lam, maps,
                                  confounder_logits, a)
 
+    def _blocked_attributes(self, y: torch.Tensor) -> Optional[torch.Tensor]:
+        """[B, A] true where an attribute was never seen with the sample's class (only with
+        ex2l_conditional_confounder; None otherwise)."""
+        return self.cooccurrence[y] == 0 if hasattr(self, "cooccurrence") else None
+
+    def _confounder_head(self, y: torch.Tensor):
+        """The confounder head as its loss and map see it: conditional on the class, the
+        attributes never seen with it get a logit of -1e4 (softmax weight 0)."""
+        blocked = self._blocked_attributes(y)
+        if blocked is None:
+            return self.confounder_classifier
+        head, bias = self.confounder_classifier, blocked.float() * -1e4
+        return lambda z: head(z) + bias.to(z.dtype)
+
     def _explain(self, x, y, a):
         """The Grad-CAM maps of both heads, the label head's logits first and the
         confounder's last in `cam.logits`, and the per-sample overlap of the two maps."""
@@ -163,20 +189,24 @@ class EX2L(Algorithm):
         if target != "all":
             explain = [y, a] if target == "true" else [None, None]
             cam = gradcam_lib.gradcam(
-                self.forward_maps(x), [self.classifier, self.confounder_classifier], explain,
+                self.forward_maps(x), [self.classifier, self._confounder_head(y)], explain,
                 measure=self.hparams["ex2l_overlap"], detach_weights=detach, **common)
             return cam, cam.maps[:, 0], cam.maps[:, 1], cam.overlap
         # every class of both heads: one map per class, summed per head
         features = self.forward_maps(x)
-        n_conf = self.confounder_classifier.out_features
-        heads = [self.classifier] * self.num_classes + [self.confounder_classifier] * n_conf
+        n_conf = self.num_confounders
+        heads = [self.classifier] * self.num_classes + [self._confounder_head(y)] * n_conf
         classes = [torch.full_like(y, j) for j in range(self.num_classes)]
         classes += [torch.full_like(a, j) for j in range(n_conf)]
         cam = gradcam_lib.gradcam(
             features, heads, classes, detach_weights=(detach[0],) * self.num_classes
             + (detach[1],) * n_conf, **common)
         label_map = cam.maps[:, :self.num_classes].sum(1)
-        confounder_map = cam.maps[:, self.num_classes:].sum(1)
+        confounder_maps = cam.maps[:, self.num_classes:]
+        blocked = self._blocked_attributes(y)
+        if blocked is not None:  # an attribute the class never had explains nothing
+            confounder_maps = confounder_maps * (~blocked)[:, :, None, None]
+        confounder_map = confounder_maps.sum(1)
         overlap = overlap_lib.overlap(label_map, confounder_map, self.hparams["ex2l_overlap"])
         return cam, label_map, confounder_map, overlap
 

@@ -45,7 +45,7 @@ def test_registered_after_erm_and_groupdro_with_hparams():
         "ex2l_lambda": 1.0, "ex2l_beta": 1.0, "ex2l_overlap": "cosine", "ex2l_target": "true",
         "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
         "ex2l_score": "log_softmax", "ex2l_detach_confounder": False,
-        "ex2l_detach_label": False}
+        "ex2l_detach_label": False, "ex2l_conditional_confounder": False}
     assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
     rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
     expected = 10 ** __import__("numpy").random.RandomState(
@@ -137,6 +137,8 @@ def test_warmup_ramps_the_penalty_in_linearly():
 
 @pytest.mark.parametrize("overrides", [
     {"ex2l_target": "pred"}, {"ex2l_target": "all"}, {"ex2l_detach_label": True},
+    {"ex2l_conditional_confounder": True},
+    {"ex2l_conditional_confounder": True, "ex2l_target": "all", "nonlinear_classifier": True},
     {"ex2l_score": "logit"}, {"ex2l_overlap": "soft_iou"},
     {"ex2l_overlap": "pearson"}, {"ex2l_gradcam": "autograd"}, {"ex2l_gradcam": "fused"},
     {"nonlinear_classifier": True},
@@ -351,6 +353,27 @@ def test_all_class_maps_are_the_sums_of_every_class_map():
         torch.testing.assert_close(conf_map, summed(algorithm.confounder_classifier, 3))
     torch.testing.assert_close(overlap, cosine(label_map, conf_map))
     assert torch.equal(cam.logits[0], algorithm.predict(x))
+
+
+def test_conditional_confounder_predicts_the_attribute_given_the_class():
+    algorithm, dataset = build(dataset_name="DebugAttr28", num_attributes=2,
+                               ex2l_conditional_confounder=True, ex2l_confounder_grad=False)
+    x = torch.cat([b[0] for b in batches(dataset, with_attributes=True)])
+    y = torch.tensor([0, 0, 1, 1] * (len(x) // 4))
+    a = (y == 1).long()  # class 0 only with attribute 0, class 1 only with attribute 1
+    mbs = [(x[:len(x) // 2], y[:len(x) // 2], a[:len(x) // 2]),
+           (x[len(x) // 2:], y[len(x) // 2:], a[len(x) // 2:])]
+    out = algorithm.update(mbs)
+    assert algorithm.cooccurrence.tolist() == [[len(x) // 2, 0], [0, len(x) // 2]]
+    # one attribute per class: the attribute is certain given the class, the loss ~0
+    assert out["loss_confounder"] == pytest.approx(0.0, abs=1e-6)
+    assert out["confounder_acc"] == 1.0
+    features = torch.randn(len(y), algorithm.featurizer.n_outputs)
+    probs = algorithm._confounder_head(y)(features).softmax(1)
+    torch.testing.assert_close(probs, torch.nn.functional.one_hot(a, 2).float())
+    # without the option the confounder is an ordinary classifier and the buffer is absent
+    plain, _ = build(dataset_name="DebugAttr28", num_attributes=2)
+    assert not hasattr(plain, "cooccurrence") and plain.update(mbs)["loss_confounder"] > 0.1
 
 
 # ------------------------------------------------------------------ the attribute adversary
