@@ -55,6 +55,28 @@ PROBES = {
     "EX2L-honest-cg0-w300-l10": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_detach_confounder": True,
                                           "ex2l_confounder_grad": False,
                                           "ex2l_warmup_steps": 300}),
+    # the separated formulation with a signed overlap: Pearson rewards a label map that is
+    # high where the confounder map is low ("look where the confounder is not")
+    "EX2L-separate-pearson-l1": ("EX2L", {"ex2l_detach_confounder": True,
+                                          "ex2l_confounder_grad": False,
+                                          "ex2l_overlap": "pearson"}),
+    "EX2L-separate-pearson-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_confounder": True,
+                                          "ex2l_confounder_grad": False,
+                                          "ex2l_overlap": "pearson"}),
+    # the penalty shapes the features only: both maps' channel weights are constants in it
+    "EX2L-features-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
+                                  "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+    "EX2L-features-l10": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_detach_label": True,
+                                   "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+    # every class explained: evidence against a class counts as much as evidence for one
+    "EX2L-allclass-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_target": "all", "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+    "EX2L-allclass-features-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_target": "all",
+                                           "ex2l_detach_label": True, "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+    # the confounder predicts the location given the class, so it cannot read the object
+    "EX2L-features-cond-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
+                                       "ex2l_conditional_confounder": True,
+                                       "ex2l_detach_confounder": True,
+                                       "ex2l_confounder_grad": False}),
 }
 # The most promising probe's formulation under the same random search as the others.
 SEARCHES = {
@@ -64,7 +86,12 @@ SEARCHES = {
     "EX2L-separate-iou": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False,
                                    "ex2l_overlap": "soft_iou"}),
 }
+SEARCHES["EX2L-features"] = ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
+                                     "ex2l_confounder_grad": False})
 ALL_VARIANTS = {**VARIANTS, **PROBES, **SEARCHES}
+# label -> the command-line prefix that trains it (another script may add entries that patch
+# the algorithm before calling the trainer, e.g. lite_ablation.py)
+TRAIN_ENTRY: dict[str, list[str]] = {}
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
                "confounder_map_mass", "label_map_zero_frac", "confounder_map_zero_frac"]
 
@@ -82,7 +109,8 @@ def train_one(job: tuple, args) -> tuple[str, float, bool]:
     out = run_dir(args.out_dir, dataset, label, hparams_seed, trial)
     if os.path.exists(os.path.join(out, "done")):
         return out, 0.0, False
-    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", dataset,
+    entry = TRAIN_ENTRY.get(label, ["-m", "domainbed.scripts.train"])
+    cmd = [sys.executable, *entry, "--dataset", dataset,
            "--algorithm", algorithm, "--test_envs", "0", "--data_dir", args.data_dir,
            "--output_dir", out, "--hparams_seed", str(hparams_seed), "--trial_seed", str(trial),
            "--seed", str(misc.seed_hash(dataset, algorithm, [0], hparams_seed, trial)),
