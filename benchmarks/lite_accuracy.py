@@ -10,7 +10,7 @@ and WGA (mean +- sample sd over the chosen setting's trials), validation accurac
 chosen checkpoints the training-batch diagnostics (confounder/adversary accuracy, map mass)
 plus, with `--analyse`, what the maps do on test images (`lite_maps.py`).
 
-    OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --jobs 2            # ~1 h on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --jobs 2   # 126 runs of 45-85 s each
     OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --analyse           # + map analysis
 
 Runs are cached in `--out_dir` (a finished run is not retrained); the table and
@@ -33,13 +33,22 @@ from bench_common import write_json  # noqa: E402
 from lite_baselines import mean_sd  # noqa: E402
 
 DATASETS = ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"]
-# label -> (algorithm, fixed hparams): EX2L as specified, and with an honest confounder.
+# label -> (algorithm, fixed hparams): EX2L as specified, with an honest confounder, and
+# the features-only formulation.
 VARIANTS = {
     "ERM": ("ERM", {}),
     "GroupDRO": ("GroupDRO", {}),
     "AttributeDANN": ("AttributeDANN", {}),
     "EX2L": ("EX2L", {}),
     "EX2L-honest": ("EX2L", {"ex2l_detach_confounder": True}),
+    # the formulation the probes found: the penalty changes only the features (both maps'
+    # channel weights are constants in it) and the confounder reads detached features
+    "EX2L-features": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
+                               "ex2l_confounder_grad": False}),
+    # the same with the confounder conditional on the class
+    "EX2L-features-cond": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
+                                    "ex2l_confounder_grad": False,
+                                    "ex2l_conditional_confounder": True}),
 }
 # Probes for the investigation (not in the default table): the first prototype's best
 # setting (lambda 10, beta 0.1), literal and with the honest confounder; run them with
@@ -77,6 +86,16 @@ PROBES = {
                                        "ex2l_conditional_confounder": True,
                                        "ex2l_detach_confounder": True,
                                        "ex2l_confounder_grad": False}),
+    # controls: beta 0 leaves the (detached, out-of-featurizer) confounder head at its random
+    # initialisation, so the penalty is against the map of an untrained head
+    "EX2L-features-l3-b0": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_beta": 0.0,
+                                     "ex2l_detach_label": True, "ex2l_detach_confounder": True,
+                                     "ex2l_confounder_grad": False}),
+    "EX2L-features-cond-l3-b0": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_beta": 0.0,
+                                          "ex2l_detach_label": True,
+                                          "ex2l_conditional_confounder": True,
+                                          "ex2l_detach_confounder": True,
+                                          "ex2l_confounder_grad": False}),
 }
 # The most promising probe's formulation under the same random search as the others.
 SEARCHES = {
@@ -86,8 +105,6 @@ SEARCHES = {
     "EX2L-separate-iou": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False,
                                    "ex2l_overlap": "soft_iou"}),
 }
-SEARCHES["EX2L-features"] = ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
-                                     "ex2l_confounder_grad": False})
 ALL_VARIANTS = {**VARIANTS, **PROBES, **SEARCHES}
 # label -> the command-line prefix that trains it (another script may add entries that patch
 # the algorithm before calling the trainer, e.g. lite_ablation.py)
