@@ -138,6 +138,7 @@ def test_warmup_ramps_the_penalty_in_linearly():
 @pytest.mark.parametrize("overrides", [
     {"ex2l_target": "pred"}, {"ex2l_target": "all"}, {"ex2l_detach_label": True},
     {"ex2l_conditional_confounder": True},
+    {"ex2l_conditional_confounder": True, "ex2l_gradcam": "fused"},
     {"ex2l_conditional_confounder": True, "ex2l_target": "all", "nonlinear_classifier": True},
     {"ex2l_score": "logit"}, {"ex2l_overlap": "soft_iou"},
     {"ex2l_overlap": "pearson"}, {"ex2l_gradcam": "autograd"}, {"ex2l_gradcam": "fused"},
