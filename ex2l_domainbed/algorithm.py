@@ -81,6 +81,7 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     define("ex2l_detach_confounder", False, lambda r: False)
     define("ex2l_detach_label", False, lambda r: False)
     define("ex2l_conditional_confounder", False, lambda r: False)
+    define("ex2l_confounder_lr_mult", 1.0, lambda r: 1.0)
 
 
 class EX2L(Algorithm):
@@ -105,9 +106,13 @@ class EX2L(Algorithm):
         self.confounder_classifier = networks.Classifier(
             self.featurizer.n_outputs, n_confounders, nonlinear)
         self.network = nn.Sequential(self.featurizer, self.classifier)
-        params = [*self.featurizer.parameters(), *self.classifier.parameters(),
-                  *self.confounder_classifier.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=self.hparams["lr"],
+        # Adam is invariant to the scale of a loss, so with the confounder on detached
+        # features beta cannot speed its head up; its own learning rate can.
+        lr = self.hparams["lr"]
+        groups = [{"params": [*self.featurizer.parameters(), *self.classifier.parameters()]},
+                  {"params": list(self.confounder_classifier.parameters()),
+                   "lr": lr * self.hparams.get("ex2l_confounder_lr_mult", 1.0)}]
+        self.optimizer = torch.optim.Adam(groups, lr=lr,
                                           weight_decay=self.hparams["weight_decay"])
         self.register_buffer("update_count", torch.tensor([0]))
         if self.hparams.get("ex2l_conditional_confounder", False):
@@ -125,7 +130,7 @@ class EX2L(Algorithm):
             raise EX2LHparamError(
                 "hparam ex2l_target=all explains every class, which the fused Grad-CAM kernel "
                 "(two maps) cannot do. Pass --hparams '{\"ex2l_gradcam\": \"auto\"}'.")
-        for name in ("ex2l_lambda", "ex2l_beta", "ex2l_warmup_steps"):
+        for name in ("ex2l_lambda", "ex2l_beta", "ex2l_warmup_steps", "ex2l_confounder_lr_mult"):
             if not hparams.get(name, 0) >= 0:
                 raise EX2LHparamError(f"hparam {name} must be >= 0, got {hparams.get(name)!r}.")
 

@@ -45,7 +45,8 @@ def test_registered_after_erm_and_groupdro_with_hparams():
         "ex2l_lambda": 1.0, "ex2l_beta": 1.0, "ex2l_overlap": "cosine", "ex2l_target": "true",
         "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
         "ex2l_score": "log_softmax", "ex2l_detach_confounder": False,
-        "ex2l_detach_label": False, "ex2l_conditional_confounder": False}
+        "ex2l_detach_label": False, "ex2l_conditional_confounder": False,
+        "ex2l_confounder_lr_mult": 1.0}
     assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
     rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
     expected = 10 ** __import__("numpy").random.RandomState(
@@ -375,6 +376,16 @@ def test_conditional_confounder_predicts_the_attribute_given_the_class():
     # without the option the confounder is an ordinary classifier and the buffer is absent
     plain, _ = build(dataset_name="DebugAttr28", num_attributes=2)
     assert not hasattr(plain, "cooccurrence") and plain.update(mbs)["loss_confounder"] > 0.1
+
+
+def test_confounder_learning_rate_multiplier():
+    algorithm, _ = build(ex2l_confounder_lr_mult=10.0)
+    body, confounder = algorithm.optimizer.param_groups
+    assert confounder["lr"] == pytest.approx(10 * body["lr"])
+    assert {id(p) for p in confounder["params"]} == {
+        id(p) for p in algorithm.confounder_classifier.parameters()}
+    with pytest.raises(EX2LHparamError, match="ex2l_confounder_lr_mult must be >= 0"):
+        build(ex2l_confounder_lr_mult=-1.0)
 
 
 # ------------------------------------------------------------------ the attribute adversary
