@@ -10,7 +10,7 @@ and WGA (mean +- sample sd over the chosen setting's trials), validation accurac
 chosen checkpoints the training-batch diagnostics (confounder/adversary accuracy, map mass)
 plus, with `--analyse`, what the maps do on test images (`lite_maps.py`).
 
-    OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --jobs 2   # 126 runs of 45-85 s each
+    OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --jobs 2   # 144 runs of 45-85 s each
     OMP_NUM_THREADS=1 python benchmarks/lite_accuracy.py --analyse           # + map analysis
 
 Runs are cached in `--out_dir` (a finished run is not retrained); the table and
@@ -45,6 +45,10 @@ VARIANTS = {
     # channel weights are constants in it) and the confounder reads detached features
     "EX2L-features": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
                                "ex2l_confounder_grad": False}),
+    # the same with a 10x learning rate for the confounder head
+    "EX2L-features-clr10": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
+                                     "ex2l_confounder_grad": False,
+                                     "ex2l_confounder_lr_mult": 10.0}),
     # the same with the confounder conditional on the class
     "EX2L-features-cond": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
                                     "ex2l_confounder_grad": False,
@@ -96,6 +100,16 @@ PROBES = {
                                           "ex2l_conditional_confounder": True,
                                           "ex2l_detach_confounder": True,
                                           "ex2l_confounder_grad": False}),
+    # the confounder head with a 10x learning rate (beta cannot speed it up under Adam)
+    "EX2L-features-l3-clr10": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
+                                        "ex2l_detach_confounder": True,
+                                        "ex2l_confounder_grad": False,
+                                        "ex2l_confounder_lr_mult": 10.0}),
+    "EX2L-features-cond-l3-clr10": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
+                                             "ex2l_conditional_confounder": True,
+                                             "ex2l_detach_confounder": True,
+                                             "ex2l_confounder_grad": False,
+                                             "ex2l_confounder_lr_mult": 10.0}),
 }
 # The most promising probe's formulation under the same random search as the others.
 SEARCHES = {
