@@ -33,91 +33,59 @@ from bench_common import write_json  # noqa: E402
 from lite_baselines import mean_sd  # noqa: E402
 
 DATASETS = ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"]
-# label -> (algorithm, fixed hparams): EX2L as specified, with an honest confounder, and
-# the features-only formulation.
+# The EX2L formulations, as fixed hparams (docs/lite_study.md):
+# separate: the confounder is honest and reads detached features;
+SEPARATE = {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False}
+# features: also the label map's weights are constants, so the penalty changes features only;
+FEATURES = {**SEPARATE, "ex2l_detach_label": True}
+# cond: the confounder predicts the location given the class; clr10: it learns 10x faster.
+COND = {**FEATURES, "ex2l_conditional_confounder": True}
+CLR10 = {"ex2l_confounder_lr_mult": 10.0}
+
+# label -> (algorithm, fixed hparams): the default table.
 VARIANTS = {
     "ERM": ("ERM", {}),
     "GroupDRO": ("GroupDRO", {}),
     "AttributeDANN": ("AttributeDANN", {}),
     "EX2L": ("EX2L", {}),
     "EX2L-honest": ("EX2L", {"ex2l_detach_confounder": True}),
-    # the formulation the probes found: the penalty changes only the features (both maps'
-    # channel weights are constants in it) and the confounder reads detached features
-    "EX2L-features": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
-                               "ex2l_confounder_grad": False}),
-    # the same with a 10x learning rate for the confounder head
-    "EX2L-features-clr10": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
-                                     "ex2l_confounder_grad": False,
-                                     "ex2l_confounder_lr_mult": 10.0}),
-    # the same with the confounder conditional on the class
-    "EX2L-features-cond": ("EX2L", {"ex2l_detach_label": True, "ex2l_detach_confounder": True,
-                                    "ex2l_confounder_grad": False,
-                                    "ex2l_conditional_confounder": True}),
+    "EX2L-features": ("EX2L", FEATURES),
+    "EX2L-features-clr10": ("EX2L", {**FEATURES, **CLR10}),
+    "EX2L-features-cond": ("EX2L", COND),
 }
-# Probes for the investigation (not in the default table): the first prototype's best
-# setting (lambda 10, beta 0.1), literal and with the honest confounder; run them with
-# --variants ... --n_hparams 1 (defaults plus these fixed values).
+# Probes for the investigation (not in the default table), fixed settings; run them with
+# --variants ... --n_hparams 1 (defaults plus these fixed values). l = lambda, b = beta.
+L3, L10 = {"ex2l_lambda": 3.0}, {"ex2l_lambda": 10.0}
 PROBES = {
-    "EX2L-l10-b0.1": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_beta": 0.1}),
-    "EX2L-honest-l10-b0.1": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_beta": 0.1,
-                                      "ex2l_detach_confounder": True}),
+    # the first prototype's best setting, literal and with the honest confounder
+    "EX2L-l10-b0.1": ("EX2L", {**L10, "ex2l_beta": 0.1}),
+    "EX2L-honest-l10-b0.1": ("EX2L", {**L10, "ex2l_beta": 0.1, "ex2l_detach_confounder": True}),
     # an honest confounder that reads the features without shaping them, and learns first
-    "EX2L-honest-cg0-w300-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_confounder": True,
-                                         "ex2l_confounder_grad": False,
-                                         "ex2l_warmup_steps": 300}),
-    "EX2L-honest-cg0-w300-l10": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_detach_confounder": True,
-                                          "ex2l_confounder_grad": False,
-                                          "ex2l_warmup_steps": 300}),
-    # the separated formulation with a signed overlap: Pearson rewards a label map that is
-    # high where the confounder map is low ("look where the confounder is not")
-    "EX2L-separate-pearson-l1": ("EX2L", {"ex2l_detach_confounder": True,
-                                          "ex2l_confounder_grad": False,
-                                          "ex2l_overlap": "pearson"}),
-    "EX2L-separate-pearson-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_confounder": True,
-                                          "ex2l_confounder_grad": False,
-                                          "ex2l_overlap": "pearson"}),
-    # the penalty shapes the features only: both maps' channel weights are constants in it
-    "EX2L-features-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
-                                  "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
-    "EX2L-features-l10": ("EX2L", {"ex2l_lambda": 10.0, "ex2l_detach_label": True,
-                                   "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
+    "EX2L-honest-cg0-w300-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_warmup_steps": 300}),
+    "EX2L-honest-cg0-w300-l10": ("EX2L", {**L10, **SEPARATE, "ex2l_warmup_steps": 300}),
+    # a signed overlap: Pearson rewards a label map that is high where the confounder map
+    # is low ("look where the confounder is not")
+    "EX2L-separate-pearson-l1": ("EX2L", {**SEPARATE, "ex2l_overlap": "pearson"}),
+    "EX2L-separate-pearson-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_overlap": "pearson"}),
+    "EX2L-features-l3": ("EX2L", {**L3, **FEATURES}),
+    "EX2L-features-l10": ("EX2L", {**L10, **FEATURES}),
     # every class explained: evidence against a class counts as much as evidence for one
-    "EX2L-allclass-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_target": "all", "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
-    "EX2L-allclass-features-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_target": "all",
-                                           "ex2l_detach_label": True, "ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
-    # the confounder predicts the location given the class, so it cannot read the object
-    "EX2L-features-cond-l3": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
-                                       "ex2l_conditional_confounder": True,
-                                       "ex2l_detach_confounder": True,
-                                       "ex2l_confounder_grad": False}),
+    "EX2L-allclass-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_target": "all"}),
+    "EX2L-allclass-features-l3": ("EX2L", {**L3, **FEATURES, "ex2l_target": "all"}),
+    "EX2L-features-cond-l3": ("EX2L", {**L3, **COND}),
     # controls: beta 0 leaves the (detached, out-of-featurizer) confounder head at its random
     # initialisation, so the penalty is against the map of an untrained head
-    "EX2L-features-l3-b0": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_beta": 0.0,
-                                     "ex2l_detach_label": True, "ex2l_detach_confounder": True,
-                                     "ex2l_confounder_grad": False}),
-    "EX2L-features-cond-l3-b0": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_beta": 0.0,
-                                          "ex2l_detach_label": True,
-                                          "ex2l_conditional_confounder": True,
-                                          "ex2l_detach_confounder": True,
-                                          "ex2l_confounder_grad": False}),
+    "EX2L-features-l3-b0": ("EX2L", {**L3, **FEATURES, "ex2l_beta": 0.0}),
+    "EX2L-features-cond-l3-b0": ("EX2L", {**L3, **COND, "ex2l_beta": 0.0}),
     # the confounder head with a 10x learning rate (beta cannot speed it up under Adam)
-    "EX2L-features-l3-clr10": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
-                                        "ex2l_detach_confounder": True,
-                                        "ex2l_confounder_grad": False,
-                                        "ex2l_confounder_lr_mult": 10.0}),
-    "EX2L-features-cond-l3-clr10": ("EX2L", {"ex2l_lambda": 3.0, "ex2l_detach_label": True,
-                                             "ex2l_conditional_confounder": True,
-                                             "ex2l_detach_confounder": True,
-                                             "ex2l_confounder_grad": False,
-                                             "ex2l_confounder_lr_mult": 10.0}),
+    "EX2L-features-l3-clr10": ("EX2L", {**L3, **FEATURES, **CLR10}),
+    "EX2L-features-cond-l3-clr10": ("EX2L", {**L3, **COND, **CLR10}),
 }
-# The most promising probe's formulation under the same random search as the others.
+# The separated formulation under the same random search as the others.
 SEARCHES = {
-    "EX2L-separate": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False}),
-    "EX2L-separate-w300": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False,
-                                    "ex2l_warmup_steps": 300}),
-    "EX2L-separate-iou": ("EX2L", {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False,
-                                   "ex2l_overlap": "soft_iou"}),
+    "EX2L-separate": ("EX2L", SEPARATE),
+    "EX2L-separate-w300": ("EX2L", {**SEPARATE, "ex2l_warmup_steps": 300}),
+    "EX2L-separate-iou": ("EX2L", {**SEPARATE, "ex2l_overlap": "soft_iou"}),
 }
 ALL_VARIANTS = {**VARIANTS, **PROBES, **SEARCHES}
 # label -> the command-line prefix that trains it (another script may add entries that patch
