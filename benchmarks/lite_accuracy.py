@@ -132,8 +132,8 @@ def selected_checkpoint(out: str) -> dict:
 
     with open(os.path.join(out, "results.jsonl")) as f:
         records = Q([json.loads(line) for line in f if line.strip()])
-    best = max(records, key=lambda r: IID._step_acc(r)["val_acc"])
-    row = {"val": IID._step_acc(best)["val_acc"], "aa": best["env0_in_acc"],
+    best = max(records, key=lambda r: IID.checkpoint_acc(r)["val_acc"])
+    row = {"val": IID.checkpoint_acc(best)["val_acc"], "aa": best["env0_in_acc"],
            "wga": best["env0_in_wga"], "step": best["step"], "dir": out,
            "hparams": best["hparams"]}
     row.update({k: best[k] for k in DIAGNOSTICS if k in best})

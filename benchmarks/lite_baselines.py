@@ -112,7 +112,7 @@ def summarise(out: str) -> dict:
         records = Q([json.loads(line) for line in f if line.strip()])
     acc = IID.run_acc(records, "acc")
     wga = IID.run_acc(records, "wga")
-    chosen = max(records, key=lambda r: IID._step_acc(r)["val_acc"])  # first best, as argmax
+    chosen = max(records, key=lambda r: IID.checkpoint_acc(r)["val_acc"])  # first best, as argmax
     return {"val": acc["val_acc"], "aa": acc["test_acc"], "wga": wga["test_acc"],
             "selected_step": chosen["step"]}
 

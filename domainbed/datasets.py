@@ -52,6 +52,7 @@ class MultipleDomainDataset:
     ENVIRONMENTS: list[str] | None = None
     INPUT_SHAPE: tuple | None = None
     ATTRIBUTES: list[str] | None = None   # set by attribute-aware datasets
+    FEATURIZER: str | None = None   # a backbone's name in networks.FEATURIZERS; None: by shape
 
     def __getitem__(self, index: int):
         return self.datasets[index]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from domainbed import datasets, networks
 from domainbed.lib import misc
 
 # Datasets that get the small-image lr / batch size / weight decay. A plugin may
@@ -58,6 +59,9 @@ def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict[str, tuple[
     _hparam("freeze_bn", True, lambda r: True)
     _hparam("pretrained", True, lambda r: True)
     _hparam("pretrained_path", "", lambda r: "")
+    # The backbone by name (networks.FEATURIZERS); "auto" means upstream's shape rules.
+    featurizer = dataset_featurizer(dataset)
+    _hparam("featurizer", featurizer, lambda r: featurizer)
 
     # Algorithm-specific hparams.
     if algorithm == "GroupDRO":
@@ -76,6 +80,15 @@ def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict[str, tuple[
     for hook in _HOOKS:
         hook(algorithm, dataset, _hparam)
     return hparams
+
+
+def dataset_featurizer(dataset: str) -> str:
+    """The featurizer a registered dataset names (its `FEATURIZER`), else "auto"."""
+    try:
+        cls = datasets.get_dataset_class(dataset)
+    except misc.UnknownNameError:  # hparams of a dataset this process has not registered
+        return networks.AUTO
+    return getattr(cls, "FEATURIZER", None) or networks.AUTO
 
 
 def default_hparams(algorithm: str, dataset: str) -> dict[str, Any]:

@@ -97,7 +97,8 @@ class IIDAccuracySelectionMethod(SelectionMethod):
     name = "training-domain validation set"
 
     @classmethod
-    def _step_acc(cls, record: dict, metric: str = "acc") -> RunAcc:
+    def checkpoint_acc(cls, record: dict, metric: str = "acc") -> RunAcc:
+        """{'val_acc', 'test_acc'} of one checkpoint's record under this method."""
         test_env = record["args"]["test_envs"][0]
         val_accs = [record[f"env{i}_out_acc"] for i in range(_n_envs(record)) if i != test_env]
         val_acc = float(np.mean(val_accs)) if val_accs else float("nan")  # one-env dataset
@@ -107,7 +108,7 @@ class IIDAccuracySelectionMethod(SelectionMethod):
     @classmethod
     def run_acc(cls, run_records: Q, metric: str = "acc") -> RunAcc:
         step_accs = (get_test_records(run_records)
-                     .map(lambda record: cls._step_acc(record, metric))
+                     .map(lambda record: cls.checkpoint_acc(record, metric))
                      .filter_not_none())
         if not len(step_accs):
             return None
@@ -124,7 +125,8 @@ class WorstGroupValidationSelectionMethod(IIDAccuracySelectionMethod):
     name = "training-domain worst-group validation set"
 
     @classmethod
-    def _step_acc(cls, record: dict, metric: str = "acc") -> RunAcc:
+    def checkpoint_acc(cls, record: dict, metric: str = "acc") -> RunAcc:
+        """{'val_acc', 'test_acc'} of one checkpoint, or None when a training env lacks WGA."""
         test_env = record["args"]["test_envs"][0]
         val_wgas = [record.get(f"env{i}_out_wga")
                     for i in range(_n_envs(record)) if i != test_env]

@@ -7,18 +7,52 @@ needs no hooks:
     z = featurizer.pool(A)           # GAP + flatten + dropout + activation -> [B, K]
     featurizer(x) == featurizer.pool(featurizer.forward_maps(x))
 
+Featurizers are found by name in `FEATURIZERS` (`register_featurizer`, in the style of
+timm's registry): the `featurizer` hparam names one, and a dataset sets its default with the
+class attribute `FEATURIZER`. With "auto" upstream's shape rules pick it (28x28 -> MNIST_CNN,
+224x224 -> ResNet, vectors -> MLP), so datasets written for upstream keep their backbones.
+
 ImageNet weights are never downloaded: they come from the local torch hub cache or
 from a file given with the `pretrained_path` hparam.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
+from domainbed.lib.misc import UnknownNameError, unknown_name_message
+
 Shape = Sequence[int]
+FeaturizerBuilder = Callable[[Shape, Mapping[str, Any]], nn.Module]
+
+AUTO = "auto"  # the `featurizer` hparam's value that means "upstream's shape rules"
+FEATURIZERS: dict[str, FeaturizerBuilder] = {}
+
+
+def register_featurizer(name: str) -> Callable[[FeaturizerBuilder], FeaturizerBuilder]:
+    """Decorator: make `builder(input_shape, hparams)` (a class or a function) buildable as
+    `name`. Registering the same builder again is a no-op; another one under a taken name
+    is an error, so two plugins cannot silently replace each other's backbone."""
+    if name == AUTO:
+        raise ValueError(f"'{AUTO}' is reserved for upstream's shape rules")
+
+    def add(builder: FeaturizerBuilder) -> FeaturizerBuilder:
+        known = FEATURIZERS.get(name)
+        if known is not None and known is not builder:
+            raise ValueError(f"featurizer '{name}' is already registered ({known!r})")
+        FEATURIZERS[name] = builder
+        return builder
+    return add
+
+
+def get_featurizer_class(name: str) -> FeaturizerBuilder:
+    """The builder registered as `name`; an unknown name is one message with the closest."""
+    if name not in FEATURIZERS:
+        raise UnknownNameError(unknown_name_message("Featurizer", name, sorted(FEATURIZERS)))
+    return FEATURIZERS[name]
 
 
 class Identity(nn.Identity):
@@ -33,12 +67,17 @@ class PretrainedWeightsMissing(FileNotFoundError):
 # Shared pieces of the conv featurizers
 
 
-class _MapFeaturizer(nn.Module):
+class MapFeaturizer(nn.Module):
     """Base for conv featurizers: forward is defined as pool(forward_maps(x)), always."""
 
     n_outputs: int
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def map_layer(self) -> nn.Module:
+        """The submodule whose output is forward_maps' result (where Grad-CAM libraries
+        put their hooks; the reference implementation in ex2l_domainbed.gradcam uses it)."""
         raise NotImplementedError
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
@@ -50,7 +89,7 @@ class _MapFeaturizer(nn.Module):
         return self.pool(self.forward_maps(x))
 
 
-def _load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
     """Read a state dict from disk (tensors only), naming the file in every error."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: no such file: {path}")
@@ -72,13 +111,14 @@ def _load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
 # MNIST
 
 
-class MNIST_CNN(_MapFeaturizer):
+@register_featurizer("mnist_cnn")
+class MNIST_CNN(MapFeaturizer):
     """Upstream's small CNN for 28x28 inputs; GroupNorm comes after each ReLU."""
 
     n_outputs = 128
 
-    def __init__(self, input_shape: Shape):
-        super().__init__()
+    def __init__(self, input_shape: Shape, hparams: Mapping[str, Any] | None = None):
+        super().__init__()  # no hparams (as upstream); accepted so the registry can build it
         c_in = input_shape[0]
         self.conv1 = nn.Conv2d(c_in, 64, 3, 1, padding=1)
         self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
@@ -98,113 +138,8 @@ class MNIST_CNN(_MapFeaturizer):
         x = self.bn2(torch.relu(self.conv3(x)))
         return self.bn3(torch.relu(self.conv4(x)))
 
-
-# ---------------------------------------------------------------------------------------
-# Spawrious-Lite
-
-
-class LiteCNN(_MapFeaturizer):
-    """Small CNN for low-resolution colour images (Spawrious-Lite, 64x64 -> 8x8x64 map).
-
-    Four blocks of 3x3 conv + BatchNorm + ReLU (widths 16/32/64/64); the first conv has
-    stride 2 and blocks 2 and 3 end in a 2x2 max-pool. Blocks live in `self.blocks` so a
-    pretrained backbone can be partly frozen (`freeze_blocks`). With hparams `pretrained`
-    true and `pretrained_path` set, the conv/BN weights are loaded from that file.
-    """
-
-    n_outputs = 64
-    WIDTHS = (16, 32, 64, 64)
-
-    def __init__(self, input_shape: Shape, hparams: Mapping[str, Any]):
-        super().__init__()
-        blocks = []
-        c_in = input_shape[0]
-        for i, width in enumerate(self.WIDTHS):
-            layers: list[nn.Module] = [
-                nn.Conv2d(c_in, width, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
-            if i in (1, 2):
-                layers.append(nn.MaxPool2d(2))
-            blocks.append(nn.Sequential(*layers))
-            c_in = width
-        self.blocks = nn.ModuleList(blocks)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.dropout = nn.Dropout(hparams.get("resnet_dropout", 0.0))
-        self.activation = Identity()
-        self.n_frozen = 0
-        # Pretrained weights of its own (Spawrious-Lite ships them, as ImageNet is for ResNet).
-        if hparams.get("pretrained", False) and hparams.get("pretrained_path", ""):
-            self.load_backbone(hparams["pretrained_path"])
-        self.freeze_blocks(int(hparams.get("lite_freeze_blocks", 0)))
-
-    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def freeze_blocks(self, k: int) -> None:
-        """Freeze the first k blocks (and unfreeze the rest).
-
-        Frozen blocks get requires_grad=False and their BatchNorm layers stay in eval
-        mode (see `train`), so a frozen block computes a fixed function.
-        """
-        if not 0 <= k <= len(self.blocks):
-            raise ValueError(f"lite_freeze_blocks must be in 0..{len(self.blocks)}, got {k}")
-        self.n_frozen = k
-        for i, block in enumerate(self.blocks):
-            for p in block.parameters():
-                p.requires_grad_(i >= k)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "LiteCNN":
-        super().train(mode)
-        for block in self.blocks[: self.n_frozen]:
-            block.eval()
-        return self
-
-    def load_backbone(self, path: str) -> None:
-        """Load pretrained conv/BN weights (keys as in this module's state dict).
-
-        Keys of other modules (e.g. a pretraining head) are ignored; every conv/BN key of
-        this backbone must be present with the right shape. An optional prefix common to
-        all keys (such as 'featurizer.' or 'network.0.') is stripped.
-        """
-        what = "LiteCNN backbone weights"
-        loaded = _load_state_dict_file(path, what)
-        own = self.state_dict()
-        required = [k for k in own if not k.endswith("num_batches_tracked")]
-        prefix = _find_prefix(loaded, required)
-        if prefix is None:
-            missing = [k for k in required if k not in loaded]
-            raise RuntimeError(
-                f"{what}: {path} lacks {len(missing)} conv/BN keys, e.g. {missing[:4]} "
-                f"(expected keys like {required[:2]})"
-            )
-        new_state = {}
-        for k in own:
-            src = prefix + k
-            if src not in loaded:  # only num_batches_tracked may be absent
-                continue
-            if loaded[src].shape != own[k].shape:
-                raise RuntimeError(
-                    f"{what}: {path}: '{src}' has shape {tuple(loaded[src].shape)}, "
-                    f"expected {tuple(own[k].shape)}"
-                )
-            new_state[k] = loaded[src]
-        self.load_state_dict(new_state, strict=False)
-
-
-def _find_prefix(loaded: Mapping[str, Any], required: Sequence[str]) -> str | None:
-    """The prefix p such that every required key k is present as p + k, or None."""
-    candidates = {""}
-    first = required[0]
-    candidates |= {k[: -len(first)] for k in loaded if k.endswith("." + first)}
-    for p in sorted(candidates, key=len):
-        if all(p + k in loaded for k in required):
-            return p
-    return None
+    def map_layer(self) -> nn.Module:
+        return self.bn3
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,7 +170,7 @@ def _imagenet_state_dict(arch: str, hparams: Mapping[str, Any]) -> dict[str, tor
                 f"pretrained_path={path!r} does not exist. Point it to a {arch} state dict "
                 f"file, or train from scratch with --hparams '{{\"pretrained\": false}}'."
             )
-        return _load_state_dict_file(path, f"{arch} ImageNet weights (pretrained_path)")
+        return load_state_dict_file(path, f"{arch} ImageNet weights (pretrained_path)")
     cached = pretrained_cache_path(arch)
     if not os.path.isfile(cached):
         url = _torchvision_weights(arch).url
@@ -246,10 +181,11 @@ def _imagenet_state_dict(arch: str, hparams: Mapping[str, Any]) -> dict[str, tor
             f"--hparams '{{\"pretrained_path\": \"/path/to/{arch}.pth\"}}', "
             f"or train from scratch with --hparams '{{\"pretrained\": false}}'."
         )
-    return _load_state_dict_file(cached, f"{arch} ImageNet weights (torch cache)")
+    return load_state_dict_file(cached, f"{arch} ImageNet weights (torch cache)")
 
 
-class ResNet(_MapFeaturizer):
+@register_featurizer("resnet")
+class ResNet(MapFeaturizer):
     """torchvision ResNet-18/50 with the head removed and (by default) BatchNorm frozen."""
 
     def __init__(self, input_shape: Shape, hparams: Mapping[str, Any]):
@@ -288,6 +224,9 @@ class ResNet(_MapFeaturizer):
         n = self.network
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def map_layer(self) -> nn.Module:
+        return self.network.layer4
 
     def train(self, mode: bool = True) -> "ResNet":
         """Switch mode, then keep BatchNorm running statistics frozen if asked."""
@@ -342,24 +281,31 @@ def Classifier(in_features: int, out_features: int, is_nonlinear: bool = False) 
     return nn.Linear(in_features, out_features)
 
 
-LITE_MIN_SIZE, LITE_MAX_SIZE = 32, 128
+@register_featurizer("mlp")
+def _mlp_featurizer(input_shape: Shape, hparams: Mapping[str, Any]) -> nn.Module:
+    return MLP(input_shape[0], hparams["mlp_width"], hparams)
+
+
+def featurizer_for_shape(input_shape: Shape) -> str:
+    """Upstream's shape rules: the featurizer name for `input_shape` (C, H, W) or (D,)."""
+    shape = tuple(input_shape)
+    if len(shape) == 1:
+        return "mlp"
+    if len(shape) == 3 and shape[1:3] == (28, 28):
+        return "mnist_cnn"
+    if len(shape) == 3 and shape[1:3] == (224, 224):
+        return "resnet"
+    raise NotImplementedError(
+        f"No featurizer for input shape {shape} by upstream's shape rules ((D,) -> mlp, "
+        f"(C, 28, 28) -> mnist_cnn, (C, 224, 224) -> resnet). Name one: set the dataset's "
+        f"FEATURIZER, or pass --hparams '{{\"featurizer\": \"NAME\"}}' with NAME one of "
+        f"{', '.join(sorted(FEATURIZERS))}.")
 
 
 def Featurizer(input_shape: Shape, hparams: Mapping[str, Any]) -> nn.Module:
-    """Pick the featurizer that fits `input_shape` (C, H, W) or (D,)."""
-    shape = tuple(input_shape)
-    if len(shape) == 1:
-        return MLP(shape[0], hparams["mlp_width"], hparams)
-    if len(shape) == 3:
-        hw = shape[1:3]
-        if hw == (28, 28):
-            return MNIST_CNN(shape)
-        if hw == (224, 224):
-            return ResNet(shape, hparams)
-        if all(LITE_MIN_SIZE <= s <= LITE_MAX_SIZE for s in hw):
-            return LiteCNN(shape, hparams)
-    raise NotImplementedError(
-        f"No featurizer for input shape {shape}. Supported: (D,) -> MLP; (C, 28, 28) -> "
-        f"MNIST_CNN; (C, 224, 224) -> ResNet; (C, H, W) with {LITE_MIN_SIZE} <= H, W <= "
-        f"{LITE_MAX_SIZE} -> LiteCNN."
-    )
+    """Build the featurizer `hparams["featurizer"]` names; "auto" (or absent) picks it by
+    upstream's shape rules."""
+    name = hparams.get("featurizer", AUTO) or AUTO
+    if name == AUTO:
+        name = featurizer_for_shape(input_shape)
+    return get_featurizer_class(name)(tuple(input_shape), hparams)

@@ -50,9 +50,13 @@ except ImportError:  # pragma: no cover - exercised inside an upstream checkout
     _InputError = ValueError
 
 TARGETS = ("true", "pred", "all")
+# Which map carries the penalty's gradient: "label" treats the confounder map as a constant
+# inside the overlap, "confounder" the label map (the path ablation of docs/lite_study.md).
+PENALTY_PATHS = ("both", "label", "confounder")
 CHOICES = {
     "ex2l_overlap": gradcam_lib.MEASURES,
     "ex2l_target": TARGETS,
+    "ex2l_penalty_path": PENALTY_PATHS,
     "ex2l_gradcam": gradcam_lib.BACKENDS,
     "ex2l_score": gradcam_lib.SCORES,
 }
@@ -82,6 +86,7 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     define("ex2l_detach_label", False, lambda r: False)
     define("ex2l_conditional_confounder", False, lambda r: False)
     define("ex2l_confounder_lr_mult", 1.0, lambda r: 1.0)
+    define("ex2l_penalty_path", "both", lambda r: "both")
 
 
 class EX2L(Algorithm):
@@ -196,7 +201,10 @@ class EX2L(Algorithm):
             cam = gradcam_lib.gradcam(
                 self.forward_maps(x), [self.classifier, self._confounder_head(y)], explain,
                 measure=self.hparams["ex2l_overlap"], detach_weights=detach, **common)
-            return cam, cam.maps[:, 0], cam.maps[:, 1], cam.overlap
+            label_map, confounder_map = cam.maps[:, 0], cam.maps[:, 1]
+            if self._penalty_path() == "both":
+                return cam, label_map, confounder_map, cam.overlap
+            return cam, label_map, confounder_map, self._overlap(label_map, confounder_map)
         # every class of both heads: one map per class, summed per head
         features = self.forward_maps(x)
         n_conf = self.num_confounders
@@ -212,8 +220,19 @@ class EX2L(Algorithm):
         if blocked is not None:  # an attribute the class never had explains nothing
             confounder_maps = confounder_maps * (~blocked)[:, :, None, None]
         confounder_map = confounder_maps.sum(1)
-        overlap = overlap_lib.overlap(label_map, confounder_map, self.hparams["ex2l_overlap"])
-        return cam, label_map, confounder_map, overlap
+        return cam, label_map, confounder_map, self._overlap(label_map, confounder_map)
+
+    def _penalty_path(self) -> str:
+        return self.hparams.get("ex2l_penalty_path", "both")
+
+    def _overlap(self, label_map: torch.Tensor, confounder_map: torch.Tensor) -> torch.Tensor:
+        """Per-sample overlap, with the map `ex2l_penalty_path` leaves out held constant."""
+        path = self._penalty_path()
+        if path == "label":
+            confounder_map = confounder_map.detach()
+        elif path == "confounder":
+            label_map = label_map.detach()
+        return overlap_lib.overlap(label_map, confounder_map, self.hparams["ex2l_overlap"])
 
     @staticmethod
     def _diagnostics(loss, loss_label, loss_confounder, overlap, lam, maps, confounder_logits,

@@ -16,17 +16,20 @@ def is_this_harness() -> bool:
 
 
 def register() -> None:
-    """Add EX2L (after ERM and GroupDRO), the AttributeDANN baseline, the Spawrious and
-    Spawrious-Lite datasets and their hparams (idempotent)."""
+    """Add EX2L (after ERM and GroupDRO), the AttributeDANN baseline, the Lite backbone,
+    the Spawrious and Spawrious-Lite datasets and their hparams (idempotent)."""
     if not is_this_harness():
         from ex2l_domainbed import upstream
         upstream.register_upstream()
         return
-    from domainbed import algorithms, datasets, hparams_registry
+    from domainbed import algorithms, datasets, hparams_registry, networks
     from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
+    from ex2l_domainbed.backbones import BACKBONES
     from ex2l_domainbed.baselines import AttributeDANN, adversary_hparams
     from ex2l_domainbed.datasets import spawrious, spawrious_lite
 
+    for name, builder in BACKBONES.items():
+        networks.register_featurizer(name)(builder)
     for name, cls in {**spawrious.SPAWRIOUS_DATASETS, **spawrious_lite.LITE_DATASETS}.items():
         datasets.register_dataset(name, cls)
     hparams_registry.register_hparams_hook(spawrious_lite.lite_hparams)

@@ -40,7 +40,7 @@ def best_run(sweep_dir: str, algorithm: str) -> str:
             last = json.loads(f.readlines()[-1])
         if last["args"]["algorithm"] != algorithm:
             continue
-        val = IIDAccuracySelectionMethod._step_acc(last)["val_acc"]
+        val = IIDAccuracySelectionMethod.checkpoint_acc(last)["val_acc"]
         if val > best_val:
             best, best_val = run, val
     if best is None:

@@ -40,9 +40,6 @@ def _random_r18_file(path):
     [
         ((1, 28, 28), {}, networks.MNIST_CNN, 128, (128, 14, 14)),
         ((2, 28, 28), {}, networks.MNIST_CNN, 128, (128, 14, 14)),
-        ((3, 64, 64), {}, networks.LiteCNN, 64, (64, 8, 8)),
-        ((3, 32, 32), {}, networks.LiteCNN, 64, (64, 4, 4)),
-        ((3, 128, 96), {}, networks.LiteCNN, 64, (64, 16, 12)),
         ((3, 224, 224), R18, networks.ResNet, 512, (512, 7, 7)),
     ],
 )
@@ -77,7 +74,6 @@ def test_resnet50_n_outputs():
 @pytest.mark.parametrize(
     "make, shape",
     [
-        (lambda: networks.LiteCNN((3, 64, 64), {"resnet_dropout": 0.5}), (3, 64, 64)),
         (lambda: networks.ResNet((3, 64, 64), {**R18, "resnet_dropout": 0.5}), (3, 64, 64)),
         (lambda: networks.MNIST_CNN((1, 28, 28)), (1, 28, 28)),
     ],
@@ -96,21 +92,94 @@ def test_forward_equals_pool_of_maps_in_train_mode(make, shape):
 
 
 def test_dropout_is_applied_in_pool():
-    f = networks.LiteCNN((3, 64, 64), {"resnet_dropout": 0.5}).train()
-    A = torch.rand(8, 64, 8, 8) + 0.1
+    f = networks.ResNet((3, 32, 32), {**R18, "resnet_dropout": 0.5}).train()
+    A = torch.rand(8, 512, 2, 2) + 0.1
     z = f.pool(A)
-    assert (z == 0).any(), "dropout 0.5 should zero some of 512 features"
+    assert (z == 0).any(), "dropout 0.5 should zero some of 4096 features"
     f.eval()
     assert torch.allclose(f.pool(A), A.mean(dim=(2, 3)))
 
 
-def test_unsupported_shape():
-    with pytest.raises(NotImplementedError, match=r"\(3, 20, 20\)"):
-        networks.Featurizer((3, 20, 20), {})
-    with pytest.raises(NotImplementedError, match=r"\(3, 256, 256\)"):
-        networks.Featurizer((3, 256, 256), {})
-    with pytest.raises(NotImplementedError, match="224"):
-        networks.Featurizer((2, 3, 64, 64), {})
+@pytest.mark.parametrize("shape", [(3, 20, 20), (3, 64, 64), (3, 256, 256), (2, 3, 64, 64)])
+def test_unsupported_shape_names_the_way_out(shape):
+    """Only upstream's shapes are matched: a 64x64 dataset gets no backbone by accident."""
+    with pytest.raises(NotImplementedError) as info:
+        networks.Featurizer(shape, {})
+    message = str(info.value)
+    assert str(shape) in message and "224" in message
+    assert "FEATURIZER" in message and '"featurizer"' in message and "mnist_cnn" in message
+
+
+# --- the featurizer registry ------------------------------------------------------------
+
+def test_shape_rules_are_upstreams():
+    assert networks.featurizer_for_shape((5,)) == "mlp"
+    assert networks.featurizer_for_shape((1, 28, 28)) == "mnist_cnn"
+    assert networks.featurizer_for_shape((3, 224, 224)) == "resnet"
+    assert {"mlp", "mnist_cnn", "resnet"} <= set(networks.FEATURIZERS)
+
+
+def test_featurizer_by_name_overrides_the_shape():
+    """A ResNet on 64x64 images and an MNIST CNN on 32x32, named by the hparam."""
+    f = networks.Featurizer((3, 64, 64), {**R18, "featurizer": "resnet"})
+    assert type(f) is networks.ResNet and f.n_outputs == 512
+    g = networks.Featurizer((3, 32, 32), {"featurizer": "mnist_cnn"})
+    assert type(g) is networks.MNIST_CNN
+    assert g.forward_maps(torch.randn(1, 3, 32, 32)).shape == (1, 128, 16, 16)
+    h = networks.Featurizer((1, 28, 28), {"featurizer": "auto"})
+    assert type(h) is networks.MNIST_CNN
+
+
+def test_unknown_featurizer_names_the_closest():
+    with pytest.raises(networks.UnknownNameError, match="Did you mean 'resnet'"):
+        networks.Featurizer((3, 224, 224), {"featurizer": "resnt"})
+
+
+@pytest.fixture
+def restore_featurizers():
+    saved = dict(networks.FEATURIZERS)
+    yield
+    networks.FEATURIZERS.clear()
+    networks.FEATURIZERS.update(saved)
+
+
+def test_register_featurizer(restore_featurizers):
+    @networks.register_featurizer("tiny_test_net")
+    class Tiny(networks.MapFeaturizer):
+        n_outputs = 4
+
+        def __init__(self, input_shape, hparams):
+            super().__init__()
+            self.conv = nn.Conv2d(input_shape[0], 4, 3, padding=1)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.dropout = self.activation = networks.Identity()
+
+        def forward_maps(self, x):
+            return self.conv(x)
+
+    f = networks.Featurizer((3, 10, 10), {"featurizer": "tiny_test_net"})
+    assert type(f) is Tiny and f(torch.randn(2, 3, 10, 10)).shape == (2, 4)
+    networks.register_featurizer("tiny_test_net")(Tiny)  # the same builder again: a no-op
+    with pytest.raises(ValueError, match="already registered"):
+        networks.register_featurizer("tiny_test_net")(lambda shape, hparams: None)
+    with pytest.raises(ValueError, match="reserved"):
+        networks.register_featurizer("auto")
+
+
+def test_dataset_names_its_featurizer(restore_datasets):
+    """A dataset's FEATURIZER becomes the default of the `featurizer` hparam."""
+    from domainbed import datasets, hparams_registry
+
+    class Named64(datasets.Debug):
+        INPUT_SHAPE = (3, 64, 64)
+        ENVIRONMENTS = ["0", "1", "2"]
+        FEATURIZER = "resnet"
+
+    datasets.register_dataset("Named64", Named64)
+    assert hparams_registry.default_hparams("ERM", "Named64")["featurizer"] == "resnet"
+    assert hparams_registry.random_hparams("ERM", "Named64", 3)["featurizer"] == "resnet"
+    assert hparams_registry.default_hparams("ERM", "Debug28")["featurizer"] == "auto"
+    assert hparams_registry.default_hparams("ERM", "NotRegistered")["featurizer"] == "auto"
 
 
 # --- ResNet: BatchNorm, channels, weights --------------------------------------------------
@@ -198,62 +267,7 @@ def test_resnet_pretrained_false_is_random(torch_home):
     assert f.n_outputs == 512
 
 
-# --- LiteCNN: freezing and backbone loading ------------------------------------------------
-
-@pytest.mark.parametrize("k", [0, 1, 3, 4])
-def test_lite_freeze_blocks(k):
-    torch.manual_seed(0)
-    f = networks.LiteCNN((3, 64, 64), {"lite_freeze_blocks": k})
-    assert isinstance(f.blocks, nn.ModuleList) and len(f.blocks) == 4
-    for i, block in enumerate(f.blocks):
-        assert all(p.requires_grad is (i >= k) for p in block.parameters())
-    # Frozen blocks keep their BN statistics in train mode; the others update them.
-    f.train()
-    before = [b[1].running_mean.clone() for b in f.blocks]
-    f(torch.randn(4, 3, 64, 64))
-    for i, block in enumerate(f.blocks):
-        assert torch.equal(block[1].running_mean, before[i]) is (i < k)
-    f.freeze_blocks(0)
-    assert all(p.requires_grad for p in f.parameters())
-    with pytest.raises(ValueError):
-        f.freeze_blocks(5)
-
-
-def test_lite_load_backbone(tmp_path):
-    torch.manual_seed(1)
-    src = networks.LiteCNN((3, 64, 64), {})
-    for m in src.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.running_var, 0.5, 2.0)
-    # A pretraining checkpoint: backbone under a prefix plus a head that must be ignored.
-    ckpt = {f"featurizer.{k}": v for k, v in src.state_dict().items()}
-    ckpt["classifier.weight"] = torch.randn(12, 64)
-    path = str(tmp_path / "lite.pth")
-    torch.save(ckpt, path)
-    torch.manual_seed(2)
-    dst = networks.LiteCNN((3, 64, 64), {})
-    dst.load_backbone(path)
-    for k, v in src.state_dict().items():
-        assert torch.equal(dst.state_dict()[k], v), k
-    x = torch.randn(2, 3, 64, 64)
-    assert torch.allclose(src.eval()(x), dst.eval()(x))
-
-
-def test_lite_load_backbone_errors(tmp_path):
-    f = networks.LiteCNN((3, 64, 64), {})
-    state = f.state_dict()
-    partial = {k: v for k, v in state.items() if not k.startswith("blocks.3.")}
-    torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(RuntimeError, match="partial.pth.*blocks.3"):
-        f.load_backbone(str(tmp_path / "partial.pth"))
-    wrong = dict(state)
-    wrong["blocks.0.0.weight"] = torch.zeros(16, 1, 3, 3)
-    torch.save(wrong, tmp_path / "wrong.pth")
-    with pytest.raises(RuntimeError, match="wrong.pth.*shape"):
-        f.load_backbone(str(tmp_path / "wrong.pth"))
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
-        f.load_backbone(str(tmp_path / "absent.pth"))
-
+# The plugin's LiteCNN is tested in test_backbones.py.
 
 # --- MLP and Classifier -------------------------------------------------------------------
 
@@ -273,6 +287,15 @@ def test_classifier():
     assert mlp(torch.randn(3, 64)).shape == (3, 4)
 
 
-def test_identity():
-    x = torch.randn(2, 3)
-    assert networks.Identity()(x) is x
+def test_resnet_without_head_gives_torchvisions_pooled_features():
+    """The removed head (upstream's `Identity`) leaves exactly torchvision's penultimate
+    features: the same weights give the same 512-vector as torchvision's own forward."""
+    torch.manual_seed(0)
+    f = networks.ResNet((3, 64, 64), R18).eval()
+    reference = torchvision.models.resnet18(weights=None).eval()
+    reference.load_state_dict(f.network.state_dict(), strict=False)
+    reference.fc = nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(f(x), reference(x), atol=1e-6)
+    assert isinstance(f.network.fc, networks.Identity)

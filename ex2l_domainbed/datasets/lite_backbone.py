@@ -94,7 +94,7 @@ def pretrain(steps: int = 3000, seed: int = 0, per_class: int = 800, size: int =
 
 
 def _pretrain(steps, seed, per_class, size, lr, batch_size, log_every):
-    from domainbed.networks import LiteCNN
+    from ex2l_domainbed.backbones import LiteCNN
 
     torch.manual_seed(seed)
     t0 = time.time()
