@@ -1,0 +1,31 @@
+"""What both distributions built from this repo share: version, requirements, entry point.
+
+`setup.py` (the full distribution: this project's harness `domainbed` and the plugin) and
+`packaging/plugin/setup.py` (the plugin alone, for an upstream DomainBed checkout) read it.
+"""
+import os
+import re
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def version() -> str:
+    with open(os.path.join(ROOT, "ex2l_domainbed", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+PLUGIN_REQUIRES = [
+    "torch>=2.0",
+    "numpy",
+]
+HARNESS_REQUIRES = PLUGIN_REQUIRES + [
+    "torchvision>=0.15",
+    "Pillow",
+    "tqdm",
+    "submitit",
+    "scikit-image",  # real photographs and textures behind Spawrious-Lite
+    "matplotlib",  # Grad-CAM figures (ex2l_domainbed.viz)
+]
+ENTRY_POINTS = {"domainbed.plugins": ["ex2l = ex2l_domainbed.plugin:register"]}
+PACKAGE_DATA = {"ex2l_domainbed.datasets": ["weights/*.pt", "weights/*.json"]}
