@@ -129,6 +129,12 @@ def test_lite_datasets_mirror_the_real_challenges():
         assert cls.CHALLENGE == real.CHALLENGE
         assert cls.ENVIRONMENTS == real.ENVIRONMENTS and cls.ATTRIBUTES == real.ATTRIBUTES
         assert datasets.get_dataset_class(name) is cls
+        # a plain class statement of the module, under its own name
+        assert issubclass(cls, spawrious_lite.SpawriousLiteBenchmark)
+        assert cls.__name__ == name and getattr(spawrious_lite, name) is cls
+        assert cls.__module__ == spawrious_lite.__name__ and real.__name__ in cls.__doc__
+    assert {cls.CHALLENGE for cls in spawrious_lite.LITE_DATASETS.values()} == set(
+        spawrious.CHALLENGES)
 
 
 @pytest.mark.parametrize("name", ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"])
@@ -179,6 +185,7 @@ def test_lite_hparams_fix_the_calibration():
 def test_shipped_backbone_loads_and_matches_its_report():
     from domainbed import networks
 
+    from ex2l_domainbed.backbones import LiteCNN
     from ex2l_domainbed.datasets.lite_backbone import weights_digest
 
     with open(DEFAULT_PATH + ".json") as f:
@@ -187,7 +194,7 @@ def test_shipped_backbone_loads_and_matches_its_report():
     assert report["weights_sha256"] == weights_digest(state) and report["steps"] == 3000
     hp = hparams_registry.default_hparams("ERM", "SpawriousLiteM2M_hard")
     net = networks.Featurizer((3, 64, 64), hp)
-    assert isinstance(net, networks.LiteCNN) and net.n_frozen == 3
+    assert isinstance(net, LiteCNN) and net.n_frozen == 3
     assert torch.equal(net.blocks[0][0].weight, state["blocks.0.0.weight"])
     scratch = networks.Featurizer((3, 64, 64), {**hp, "pretrained": False})
     assert not torch.equal(scratch.blocks[0][0].weight, state["blocks.0.0.weight"])

@@ -8,13 +8,15 @@ relaunch safety: a previous, unfinished `results.jsonl` is kept aside, not appen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import sys
 import time
+import traceback
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import PIL
@@ -32,6 +34,40 @@ EVAL_BATCH_SIZE = 64
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
+
+
+# Failures that are the user's to fix: reported in one line, exit status 2 (1 for divergence).
+EXPECTED_ERRORS = (misc.UserInputError, FileNotFoundError, TrainingDiverged)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What a failed run reports: one line for an expected error, else the traceback."""
+    if isinstance(exc, EXPECTED_ERRORS):
+        return f"error: {exc}\n"
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+@contextlib.contextmanager
+def tee_output(output_dir: str) -> Iterator[None]:
+    """Copy stdout and stderr into `out.txt` and `err.txt` of `output_dir` (upstream's logs),
+    then put the previous streams back and close the files, also on failure.
+
+    A failure is written to `err.txt` before the streams go back, so the log still holds it
+    although the caller (or Python) reports it on the restored stream.
+    """
+    saved = sys.stdout, sys.stderr
+    out = misc.Tee(os.path.join(output_dir, "out.txt"), stream=saved[0])
+    err = misc.Tee(os.path.join(output_dir, "err.txt"), stream=saved[1])
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        err.file.write(describe_failure(exc))
+        raise
+    finally:
+        sys.stdout, sys.stderr = saved
+        out.file.close()
+        err.file.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,9 +282,13 @@ def train(args: argparse.Namespace) -> None:
         check_hparams(hparams)
 
     os.makedirs(args.output_dir, exist_ok=True)
-    sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"), stream=sys.__stdout__)
-    sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"), stream=sys.__stderr__)
+    with tee_output(args.output_dir):
+        run_training(args, dataset_class, algorithm_class, hparams)
 
+
+def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
+                 hparams: dict[str, Any]) -> None:
+    """The training proper, once the arguments are checked and the output folder exists."""
     print_environment()
     print("Args:")
     for k, v in sorted(vars(args).items()):
@@ -354,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (misc.UserInputError, FileNotFoundError, TrainingDiverged) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except EXPECTED_ERRORS as exc:
+        print(describe_failure(exc), end="", file=sys.stderr)
         return 1 if isinstance(exc, TrainingDiverged) else 2
     return 0
 

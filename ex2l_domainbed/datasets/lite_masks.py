@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from ex2l_domainbed.datasets import spawrious_lite
+from ex2l_domainbed.datasets.spawrious import TREE_FOLDER
 
 NAME = re.compile(r"^(?P<location>[a-z]+)_(?P<cls>[a-z]+)_(?P<n>\d+)\.png$")
 MASKS_FILE = "spawrious224_masks.npz"
@@ -71,7 +72,7 @@ def foreground_mask(path: str) -> np.ndarray:
 
 def write_masks(data_dir: str, out: str | None = None) -> str:
     """Write every image's mask to an .npz side file next to the tree; return its path."""
-    tree = os.path.join(data_dir, "spawrious224")
+    tree = os.path.join(data_dir, TREE_FOLDER)
     _marker(tree)
     masks = {}
     for pool, location, cls in spawrious_lite.cells():

@@ -52,6 +52,7 @@ LOCATIONS = ["desert", "jungle", "dirt", "mountain", "snow", "beach"]  # attribu
 # The order of class rows in an environment, and of positions in the challenge lists.
 CLASS_BLOCK_ORDER = ["bulldog", "dachshund", "labrador", "corgi"]
 BASE_COUNT = 3168
+TREE_FOLDER = "spawrious224"  # the folder the released archives unpack to
 POOLS = ["0", "1"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # lower case only, as the authors' loaders
 
@@ -105,10 +106,12 @@ CHALLENGES: dict[str, Challenge] = {
                           ("snow", "beach", "dirt", "jungle"), None),
 }
 
-# M2M: for each class (CLASS_BLOCK_ORDER), the group positions of its env-1 and env-2 backgrounds,
-# and the test positions of its two test backgrounds (in that order).
-_M2M_TRAIN = {"bulldog": (0, 1), "dachshund": (1, 0), "labrador": (2, 3), "corgi": (3, 2)}
-_M2M_TEST = {"bulldog": (0, 1), "dachshund": (1, 0), "labrador": (2, 3), "corgi": (3, 2)}
+# M2M: for each class, its own position in CLASS_BLOCK_ORDER, then its class-group partner's
+# (bulldog-dachshund, labrador-corgi). Both the group and the test lists are indexed by these:
+# training env k takes the class's background from group[positions[k]], the test env takes both
+# test[positions[0]] and test[positions[1]], so the partners swap backgrounds between envs.
+_M2M_OWN_THEN_PARTNER = {
+    "bulldog": (0, 1), "dachshund": (1, 0), "labrador": (2, 3), "corgi": (3, 2)}
 
 
 def o2o_counts(base_count: int) -> list[int]:
@@ -138,8 +141,9 @@ def challenge_cells(challenge_name: str, base_count: int = BASE_COUNT) -> list[l
             train.append(cells)
         return [test] + train
     if spec.kind == "m2m":
-        test = [Cell("0", spec.test[t], c, None) for c in CLASS_BLOCK_ORDER for t in _M2M_TEST[c]]
-        train = [[Cell("0", spec.group[_M2M_TRAIN[c][k]], c, base_count) for c in CLASS_BLOCK_ORDER]
+        positions = _M2M_OWN_THEN_PARTNER
+        test = [Cell("0", spec.test[t], c, None) for c in CLASS_BLOCK_ORDER for t in positions[c]]
+        train = [[Cell("0", spec.group[positions[c][k]], c, base_count) for c in CLASS_BLOCK_ORDER]
                  for k in range(2)]
         return [test] + train
     raise ValueError(f"Unknown challenge kind {spec.kind!r}")
@@ -160,7 +164,7 @@ def resolve_root(data_dir: str) -> str:
     path = os.path.normpath(os.path.expanduser(str(data_dir)))
     if any(os.path.isdir(os.path.join(path, pool)) for pool in POOLS):
         return path
-    nested = os.path.join(path, "spawrious224")
+    nested = os.path.join(path, TREE_FOLDER)
     if os.path.isdir(nested):
         return nested
     raise SpawriousDataError(

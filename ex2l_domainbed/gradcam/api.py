@@ -149,7 +149,7 @@ def gradcam(features: torch.Tensor, heads: Sequence[Head],
     A target of None explains each sample's predicted class (argmax, not differentiated).
     `neck` (e.g. the featurizer's dropout) is applied once to the pooled vector and shared
     by all heads; `pooling` replaces global average pooling (forces the autograd backend);
-    `measure` (cosine, pearson, soft_iou) also returns the overlap of maps 0 and 1.
+    `measure` (a name in `overlap.MEASURES`) also returns the overlap of maps 0 and 1.
     `detach_weights[m]` true makes map m's channel weights constants: gradients then reach
     that map only through the feature map, never its head (what Grad-CAM libraries do).
     Works under `torch.no_grad()` too (results are then detached).

@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from .overlap import DEFAULT_EPS, MEASURES
+from .overlap import DEFAULT_EPS, OVERLAPS, cosine, pearson, soft_iou
 
 try:  # guarded: the module must import (and `triton_usable` answer) without triton
     import triton
@@ -43,9 +43,13 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = None
     tl = None
 
-FUSED_MEASURES: tuple[str, ...] = ("cosine", "pearson", "soft_iou")
-_MEASURE_ID = {"cosine": 0, "pearson": 1, "soft_iou": 2}
-assert set(FUSED_MEASURES) <= set(MEASURES)
+# The kernel's `MEASURE` constexpr is the position here of the eager measure it reproduces
+# (its branches test MEASURE == 1 and MEASURE == 2). Names come from the OVERLAPS registry, so a
+# measure registered there without a kernel branch is simply not fusable.
+_KERNEL_MEASURES = (cosine, pearson, soft_iou)
+_MEASURE_ID: dict[str, int] = {name: _KERNEL_MEASURES.index(fn)
+                               for name, fn in OVERLAPS.items() if fn in _KERNEL_MEASURES}
+FUSED_MEASURES: tuple[str, ...] = tuple(_MEASURE_ID)
 
 # Tile budget (elements of A per K-chunk tile) and the K-chunk caps. At 4 warps a 64x64 fp32
 # forward tile (two accumulators + the pipelined loads) takes ~190 registers/thread and the
@@ -75,7 +79,7 @@ def triton_usable(device: torch.device | str) -> bool:
 # --------------------------------------------------------------------------------------
 # Kernel bodies. Plain functions here, `triton.jit`-ed lazily by `_kernels`. The measure is a
 # constexpr, so each (measure, flags) combination compiles to straight-line code.
-# MEASURE: 0 cosine, 1 pearson, 2 soft_iou. N = h*w, padded to BLOCK_N with masks.
+# MEASURE: an index into _KERNEL_MEASURES. N = h*w, padded to BLOCK_N with masks.
 # --------------------------------------------------------------------------------------
 
 def _fwd_body(a_ptr, w_ptr, eps_ptr, maps_ptr, acc_ptr, out_ptr,

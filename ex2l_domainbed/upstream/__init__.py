@@ -5,7 +5,7 @@ names through module globals (`get_algorithm_class` returns `globals()[name]` of
 `domainbed.algorithms`), lists algorithms in the module-level list `ALGORITHMS`, and
 builds hparams in `hparams_registry._hparams`, which `default_hparams` and
 `random_hparams` look up at call time. `register_upstream()` patches exactly those, in
-place and idempotently (option 1 of the interface notes' section 12.2):
+place and idempotently:
 
 - `domainbed.algorithms.EX2L` is set, so `get_algorithm_class("EX2L")` resolves;
 - "EX2L" is inserted into `algorithms.ALGORITHMS` right after "GroupDRO" (appended if
@@ -22,7 +22,7 @@ Names are resolved in every process (sweep, each training subprocess, the collec
 so something must call this in each of them: `ex2l_domainbed.plugin.register()` in
 your own script, or the wrapper entry points `python -m ex2l_domainbed.upstream.train`,
 `.sweep` (which also makes every launcher run `.train` instead of
-`domainbed.scripts.train`) and `.collect_results` (option 3 of section 12.2).
+`domainbed.scripts.train`) and `.collect_results` (docs/upstream.md).
 
 Not registered, on purpose:
 
@@ -30,8 +30,8 @@ Not registered, on purpose:
   classes; they are left untouched. This package's own Spawrious classes are not
   registered there: they import helpers that only this project's harness has, and they
   yield (x, y, attribute) triples, which upstream's training loop (it unpacks pairs)
-  cannot take. The Spawrious-Lite datasets are not registered either: they need this
-  harness's LiteCNN featurizer, which upstream's `networks.Featurizer` cannot build.
+  cannot take. The Spawrious-Lite datasets are not registered either: they name the
+  `lite_cnn` featurizer, which only this harness's featurizer registry can build.
 
 Inside upstream, EX2L receives (x, y) pairs, so its confounder head predicts the
 training-environment index (EX2L does so whenever it is built without
@@ -40,7 +40,8 @@ training-environment index (EX2L does so whenever it is built without
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, MutableSequence
+import runpy
+from typing import Any, Callable, MutableSequence, Optional
 
 ALGORITHM_NAME = "EX2L"
 INSERT_AFTER = "GroupDRO"
@@ -98,6 +99,21 @@ def wrap_hparams(original: Callable, hook: Callable, seed_hash: Callable[..., in
 
     setattr(_hparams, HPARAMS_MARKER, True)
     return _hparams
+
+
+def run_registered(target: str, prepare: Optional[Callable[[], None]] = None) -> None:
+    """Register EX2L, run `prepare` (if any), then run module `target` as `python -m target`
+    would: as `__main__`, with this process's command-line arguments and exit status.
+
+    The wrapper entry points (`.train`, `.sweep`, `.collect_results`) are this call with
+    their own target. The plugin is imported here, not at module level, so importing this
+    package loads nothing of the harness or of upstream.
+    """
+    from ex2l_domainbed.plugin import register
+    register()
+    if prepare is not None:
+        prepare()
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
 
 
 def register_upstream() -> None:

@@ -4,15 +4,13 @@
 """
 from __future__ import annotations
 
-import runpy
+from ex2l_domainbed.upstream import run_registered
 
 TARGET = "domainbed.scripts.collect_results"
 
 
 def main() -> None:
-    from ex2l_domainbed.plugin import register
-    register()
-    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    run_registered(TARGET)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
-import runpy
 from typing import Callable, MutableMapping, Optional
+
+from ex2l_domainbed.upstream import run_registered
 
 TARGET = "domainbed.scripts.sweep"
 TRAIN_MODULE = "domainbed.scripts.train"
@@ -54,10 +55,7 @@ def wrap_launchers(registry: Optional[MutableMapping[str, Callable]] = None) -> 
 
 
 def main() -> None:
-    from ex2l_domainbed.plugin import register
-    register()
-    wrap_launchers()
-    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    run_registered(TARGET, prepare=wrap_launchers)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,13 @@ with this project's harness (there `register()` goes through the harness's own A
 """
 from __future__ import annotations
 
-import runpy
+from ex2l_domainbed.upstream import run_registered
 
 TARGET = "domainbed.scripts.train"
 
 
 def main() -> None:
-    from ex2l_domainbed.plugin import register
-    register()
-    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    run_registered(TARGET)
 
 
 if __name__ == "__main__":
