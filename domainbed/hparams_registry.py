@@ -3,11 +3,17 @@
 Each hparam draws its random value from its own `RandomState(seed_hash(random_seed,
 name))`, so adding or removing other hparams never changes a given hparam's value.
 Plugins add their algorithms' hparams with `register_hparams_hook`.
+
+Every hparam is typed: its type is its default's (bool, int, float or str), optionally with
+a range (`low`, `high`, inclusive) or a set of `choices`, so a `--hparams` value of the wrong
+kind ("no" for a bool, true for a number, 8.5 for a batch size) is refused before any work
+instead of silently running another experiment.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,13 +31,56 @@ _HOOKS: list[HparamsHook] = []
 
 
 class HparamsError(misc.UserInputError, ValueError):
-    """A bad --hparams value: malformed JSON, not an object, or an unknown key."""
+    """A bad --hparams value: malformed JSON, not an object, an unknown key, a wrong type."""
+
+
+Choices = Union[Sequence[Any], Callable[[], Sequence[Any]]]  # a callable: known at call time
+
+
+@dataclass(frozen=True)
+class HparamSpec:
+    """What values an hparam takes: its type, and an inclusive range or a set of choices."""
+
+    kind: type
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Optional[Choices] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why `value` does not fit, or None. bool is not a number here (JSON true is not 1),
+        an int is a float, a float is not an int."""
+        if self.kind is bool:
+            fits = isinstance(value, bool)
+        elif self.kind is int:
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, self.kind)
+        if not fits:
+            return f"must be {_KIND_NAMES.get(self.kind, self.kind.__name__)}"
+        if self.kind is float and not np.isfinite(value):
+            return "must be a finite number"
+        if self.low is not None and value < self.low:
+            return f"must be >= {self.low}" + (f" and <= {self.high}" if self.high is not None
+                                                  else "")
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}" + (f" and >= {self.low}" if self.low is not None
+                                                   else "")
+        choices = self.choices() if callable(self.choices) else self.choices
+        if choices is not None and value not in choices:
+            return f"must be one of {', '.join(map(str, choices))}"
+        return None
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def register_hparams_hook(hook: HparamsHook) -> None:
     """Add `hook(algorithm, dataset, define)`; it calls `define(name, default, random_fn)`.
 
-    `define(..., replace=True)` overrides an existing hparam (e.g. a dataset's lr).
+    `define(..., replace=True)` overrides an existing hparam (e.g. a dataset's lr); the
+    keywords `low`, `high` (inclusive) and `choices` declare the values it accepts.
     Registering the same hook twice is a no-op, so plugins' register() stays idempotent.
     """
     if hook not in _HOOKS:
@@ -40,18 +89,36 @@ def register_hparams_hook(hook: HparamsHook) -> None:
 
 def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict[str, tuple[Any, Any]]:
     """Return {name: (default, random value)} for this algorithm, dataset and seed."""
-    hparams: dict[str, tuple[Any, Any]] = {}
+    return {name: (default, value) for name, (default, value, _) in
+            _definitions(algorithm, dataset, random_seed).items()}
 
-    def _hparam(name: str, default_val: Any, random_val_fn: RandomFn, replace: bool = False) -> None:
+
+def hparam_specs(algorithm: str, dataset: str) -> dict[str, HparamSpec]:
+    """{name: HparamSpec} of every hparam of this algorithm on this dataset."""
+    return {name: spec for name, (_, _, spec) in _definitions(algorithm, dataset, 0).items()}
+
+
+def _definitions(algorithm: str, dataset: str, random_seed: int
+                 ) -> dict[str, tuple[Any, Any, HparamSpec]]:
+    """{name: (default, random value, spec)}: upstream's definitions, then the hooks'."""
+    hparams: dict[str, tuple[Any, Any, HparamSpec]] = {}
+
+    def _hparam(name: str, default_val: Any, random_val_fn: RandomFn, replace: bool = False,
+                *, low: Optional[float] = None, high: Optional[float] = None,
+                choices: Optional[Choices] = None) -> None:
         if not replace:
             assert name not in hparams, f"hparam '{name}' defined twice"
         random_state = np.random.RandomState(misc.seed_hash(random_seed, name))
-        hparams[name] = (default_val, random_val_fn(random_state))
+        spec = HparamSpec(type(default_val), low, high, choices)
+        # (choices may depend on what plugins registered, so defaults meet type and range)
+        assert HparamSpec(spec.kind, low, high).problem(default_val) is None, \
+            f"hparam '{name}': default {default_val!r} outside its own range"
+        hparams[name] = (default_val, random_val_fn(random_state), spec)
 
     # Shared by all algorithms (upstream's classic set, plus our backbone switches).
     _hparam("data_augmentation", True, lambda r: True)
     _hparam("resnet18", False, lambda r: False)
-    _hparam("resnet_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5]))
+    _hparam("resnet_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)
     _hparam("class_balanced", False, lambda r: False)
     # Upstream disables nonlinear classifiers in the random search; so do we.
     _hparam("nonlinear_classifier", False, lambda r: bool(r.choice([False, False])))
@@ -61,21 +128,22 @@ def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict[str, tuple[
     _hparam("pretrained_path", "", lambda r: "")
     # The backbone by name (networks.FEATURIZERS); "auto" means upstream's shape rules.
     featurizer = dataset_featurizer(dataset)
-    _hparam("featurizer", featurizer, lambda r: featurizer)
+    _hparam("featurizer", featurizer, lambda r: featurizer,
+            choices=lambda: [networks.AUTO, *sorted(networks.FEATURIZERS)])
 
     # Algorithm-specific hparams.
     if algorithm == "GroupDRO":
-        _hparam("groupdro_eta", 1e-2, lambda r: 10 ** r.uniform(-3, -1))
+        _hparam("groupdro_eta", 1e-2, lambda r: 10 ** r.uniform(-3, -1), low=0.0)
 
     # Dataset-dependent hparams, defined after the algorithm block as upstream does.
     if dataset in SMALL_IMAGES:
-        _hparam("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
-        _hparam("weight_decay", 0.0, lambda r: 0.0)
-        _hparam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 9)))
+        _hparam("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5), low=0.0)
+        _hparam("weight_decay", 0.0, lambda r: 0.0, low=0.0)
+        _hparam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 9)), low=1)
     else:
-        _hparam("lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5))
-        _hparam("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -2))
-        _hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5.5)))
+        _hparam("lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5), low=0.0)
+        _hparam("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -2), low=0.0)
+        _hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5.5)), low=1)
 
     for hook in _HOOKS:
         hook(algorithm, dataset, _hparam)
@@ -129,5 +197,13 @@ def apply_overrides(hparams: dict[str, Any], overrides: dict[str, Any],
             f"Unknown hparam '{key}' in --hparams{where}.{hint} "
             f"Valid hparams: {', '.join(sorted(hparams))}."
         )
+    specs = hparam_specs(algorithm, dataset) if algorithm else {}
+    for key, value in overrides.items():
+        problem = specs[key].problem(value) if key in specs else None
+        if problem:
+            where = f" for {algorithm} on {dataset}"
+            raise HparamsError(
+                f"hparam {key}={value!r} in --hparams{where} {problem} (default "
+                f"{hparams[key]!r}). Pass e.g. --hparams '{{\"{key}\": {json.dumps(hparams[key])}}}'.")
     hparams.update(overrides)
     return hparams

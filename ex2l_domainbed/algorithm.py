@@ -14,7 +14,7 @@ all-zero maps, so that a collapse of either map is visible in results.jsonl.
 
 `ex2l_detach_confounder` keeps the confounder honest: its map's channel weights are
 constants inside the penalty, so the penalty cannot make the confounder head
-anti-predictive to silence its map (a prototype saw exactly that); only its CE trains it.
+anti-predictive to silence its map; only its CE trains it (docs/ex2l.md).
 `ex2l_detach_label` does the same for the label map, so the penalty cannot be met by
 re-weighting the label head's channels: it must change the features themselves.
 `ex2l_target: all` explains every class of both heads: each head's map is the sum of its
@@ -53,13 +53,6 @@ TARGETS = ("true", "pred", "all")
 # Which map carries the penalty's gradient: "label" treats the confounder map as a constant
 # inside the overlap, "confounder" the label map (the path ablation of docs/lite_study.md).
 PENALTY_PATHS = ("both", "label", "confounder")
-CHOICES = {
-    "ex2l_overlap": gradcam_lib.MEASURES,
-    "ex2l_target": TARGETS,
-    "ex2l_penalty_path": PENALTY_PATHS,
-    "ex2l_gradcam": gradcam_lib.BACKENDS,
-    "ex2l_score": gradcam_lib.SCORES,
-}
 
 
 class EX2LHparamError(_InputError):
@@ -70,23 +63,32 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     """EX2L's hparams: `define(name, default, random_fn)` (an hparams-registry hook).
 
     Random-search ranges centre on the defaults; the categorical choices are searched only
-    where the method leaves them open in a way that matters for accuracy.
+    where the method leaves them open in a way that matters for accuracy. `low` and
+    `choices` declare the accepted values (the harness checks --hparams against them).
     """
     if algorithm != "EX2L":
         return
-    define("ex2l_lambda", 1.0, lambda r: 10 ** r.uniform(-1, 1))
-    define("ex2l_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0.5))
-    define("ex2l_overlap", "cosine", lambda r: "cosine")
-    define("ex2l_target", "true", lambda r: "true")
+    define("ex2l_lambda", 1.0, lambda r: 10 ** r.uniform(-1, 1), low=0.0)
+    define("ex2l_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0.5), low=0.0)
+    define("ex2l_overlap", "cosine", lambda r: "cosine", choices=gradcam_lib.MEASURES)
+    define("ex2l_target", "true", lambda r: "true", choices=TARGETS)
     define("ex2l_confounder_grad", True, lambda r: bool(r.choice([True, False])))
-    define("ex2l_warmup_steps", 0, lambda r: int(r.choice([0, 100, 300])))
-    define("ex2l_gradcam", "auto", lambda r: "auto")
-    define("ex2l_score", "log_softmax", lambda r: "log_softmax")
+    define("ex2l_warmup_steps", 0, lambda r: int(r.choice([0, 100, 300])), low=0)
+    define("ex2l_gradcam", "auto", lambda r: "auto", choices=gradcam_lib.BACKENDS)
+    define("ex2l_score", "log_softmax", lambda r: "log_softmax", choices=gradcam_lib.SCORES)
     define("ex2l_detach_confounder", False, lambda r: False)
     define("ex2l_detach_label", False, lambda r: False)
     define("ex2l_conditional_confounder", False, lambda r: False)
-    define("ex2l_confounder_lr_mult", 1.0, lambda r: 1.0)
-    define("ex2l_penalty_path", "both", lambda r: "both")
+    define("ex2l_confounder_lr_mult", 1.0, lambda r: 1.0, low=0.0)
+    define("ex2l_penalty_path", "both", lambda r: "both", choices=PENALTY_PATHS)
+
+
+def declared_values() -> dict[str, dict[str, Any]]:
+    """{name: {"low": ..., "choices": ...}} as `ex2l_hparams` declares them."""
+    declared: dict[str, dict[str, Any]] = {}
+    ex2l_hparams("EX2L", "", lambda name, default, random_fn, **spec:
+                 declared.__setitem__(name, spec))
+    return declared
 
 
 class EX2L(Algorithm):
@@ -125,19 +127,23 @@ class EX2L(Algorithm):
 
     @staticmethod
     def check_hparams(hparams: dict[str, Any]) -> None:
-        """Refuse unknown categorical values and negative weights before any work is done."""
-        for name, valid in CHOICES.items():
-            if hparams.get(name) not in valid:
+        """Refuse unknown categorical values and negative weights before any work is done
+        (also inside upstream DomainBed, whose registry checks no values)."""
+        for name, spec in declared_values().items():
+            value, valid = hparams.get(name), spec.get("choices")
+            if valid is not None and value not in valid:
                 raise EX2LHparamError(
-                    f"hparam {name}={hparams.get(name)!r} is not one of {', '.join(valid)}. "
+                    f"hparam {name}={value!r} is not one of {', '.join(valid)}. "
                     f"Pass e.g. --hparams '{{\"{name}\": \"{valid[0]}\"}}'.")
+            low = spec.get("low")
+            if low is not None and value is not None and not (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and value >= low):
+                raise EX2LHparamError(f"hparam {name} must be >= {low:g}, got {value!r}.")
         if hparams["ex2l_target"] == "all" and hparams["ex2l_gradcam"] == "fused":
             raise EX2LHparamError(
                 "hparam ex2l_target=all explains every class, which the fused Grad-CAM kernel "
                 "(two maps) cannot do. Pass --hparams '{\"ex2l_gradcam\": \"auto\"}'.")
-        for name in ("ex2l_lambda", "ex2l_beta", "ex2l_warmup_steps", "ex2l_confounder_lr_mult"):
-            if not hparams.get(name, 0) >= 0:
-                raise EX2LHparamError(f"hparam {name} must be >= 0, got {hparams.get(name)!r}.")
 
     def penalty_weight(self) -> torch.Tensor:
         """lambda, ramped linearly from 0 at step 0 to full weight at ex2l_warmup_steps.
@@ -153,7 +159,7 @@ class EX2L(Algorithm):
         y = torch.cat([mb[1] for mb in minibatches])
         a = nuisance_labels(minibatches, self.confounder_is_attribute, "EX2L")
         if hasattr(self, "cooccurrence"):
-            self.cooccurrence.index_put_((y, a), torch.ones_like(y, dtype=torch.float),
+            self.cooccurrence.index_put_((y, a), torch.ones_like(y, dtype=self.cooccurrence.dtype),
                                          accumulate=True)
         cam, label_map, confounder_map, overlap = self._explain(x, y, a)
         label_logits, confounder_logits = cam.logits[0], cam.logits[-1]

@@ -41,8 +41,8 @@ def adversary_hparams(algorithm: str, dataset: str, define) -> None:
     """AttributeDANN's hparams (an hparams-registry hook)."""
     if algorithm != "AttributeDANN":
         return
-    define("adv_lambda", 1.0, lambda r: 10 ** r.uniform(-1, 1))
-    define("adv_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0.5))
+    define("adv_lambda", 1.0, lambda r: 10 ** r.uniform(-1, 1), low=0.0)
+    define("adv_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0.5), low=0.0)
 
 
 class AttributeDANN(Algorithm):

@@ -86,7 +86,9 @@ def wrap_hparams(original: Callable, hook: Callable, seed_hash: Callable[..., in
     def _hparams(algorithm: str, dataset: str, random_seed: Any) -> dict:
         hparams = original(algorithm, dataset, random_seed)
 
-        def define(name: str, default: Any, random_fn: Callable) -> None:
+        def define(name: str, default: Any, random_fn: Callable, **accepted: Any) -> None:
+            # `accepted` (low, high, choices) is for registries that check values; upstream
+            # checks none, and EX2L checks its own when it is built.
             if name in hparams:
                 raise HparamClashError(
                     f"hparam {name!r} for {algorithm} on {dataset} is already defined "
