@@ -1,8 +1,8 @@
 """Pretrain the Spawrious-Lite backbone on a disjoint task, deterministically.
 
 Real Spawrious runs start from ImageNet features that already know dogs; a small CNN
-trained from scratch on Lite never learns the cross-pair shape difference (test accuracy
-about 0 on M2M-Hard). So Lite ships backbone weights of its own, made here: the LiteCNN
+trained from scratch on Lite never learns the cross-pair shape difference (see
+docs/spawrious.md). So Lite ships backbone weights of its own, made here: the LiteCNN
 is trained to tell 12 *other* shapes apart, drawn over 16 *other* scikit-image pictures
 and two kinds of noise (no Lite shape and no Lite background source is used).
 

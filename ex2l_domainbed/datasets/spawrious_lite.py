@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ex2l_domainbed.backbones import LITE_CNN
+from ex2l_domainbed.backbones import LITE_CNN, LiteCNN
 from ex2l_domainbed.datasets import shapes
 from ex2l_domainbed.datasets.spawrious import (
     CLASSES,
@@ -281,7 +281,7 @@ def lite_hparams(algorithm: str, dataset: str, define) -> None:
     from ex2l_domainbed.datasets.lite_backbone import DEFAULT_PATH
 
     define("pretrained_path", DEFAULT_PATH, lambda r: DEFAULT_PATH, replace=True)
-    define("lite_freeze_blocks", 3, lambda r: 3)
+    define("lite_freeze_blocks", 3, lambda r: 3, low=0, high=len(LiteCNN.WIDTHS))
     define("data_augmentation", False, lambda r: False, replace=True)
     define("lr", 1e-3, lambda r: 10 ** r.uniform(-3.5, -2.5), replace=True)
     define("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -3), replace=True)
