@@ -71,7 +71,7 @@ def registry() -> dict[str, tuple[object, object]]:
     """{name: (default, random_fn)} as `ex2l_hparams` defines them."""
     defined: dict[str, tuple[object, object]] = {}
 
-    def define(name, default, random_fn, replace=False):
+    def define(name, default, random_fn, replace=False, **accepted):
         defined[name] = (default, random_fn)
 
     ex2l_hparams("EX2L", "Debug28", define)

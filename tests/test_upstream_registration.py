@@ -72,7 +72,8 @@ def upstream(standin_root):
 def _ex2l_random_fns() -> dict:
     from ex2l_domainbed.algorithm import ex2l_hparams
     fns = {}
-    ex2l_hparams("EX2L", "Debug28", lambda name, default, fn: fns.__setitem__(name, (default, fn)))
+    ex2l_hparams("EX2L", "Debug28",
+                 lambda name, default, fn, **accepted: fns.__setitem__(name, (default, fn)))
     return fns
 
 
