@@ -9,9 +9,9 @@ score log_softmax, overlap measure cosine, through `gradcam(..., backend=...)`:
                   heads' weights (`torch.autograd.grad`).
 
 Backends: `closed_form` and `autograd` everywhere, `fused` (Triton) on CUDA. Each B in
-`--batches` is timed in interleaved rounds (every round times each backend once) after
-warm-up rounds; the median and IQR are printed, with the ratio to closed_form. Before
-timing, every backend is checked against closed_form once per B (max |diff| of the
+`--batches` is timed in interleaved rounds (`common.interleaved_rounds`) after warm-up
+rounds; the median and IQR are printed, with the ratio to closed_form. Before timing, every
+backend is checked against closed_form once per B (max |diff| of the
 overlap, of dL/dA and of the heads' weight gradients, and the count of map positions whose
 ReLU gate differs: a pre-ReLU value within rounding of 0 can flip, and then dA and dW
 legitimately differ at that position; with ~B*98 positions that happens now and then).
@@ -27,31 +27,24 @@ at small B is launch latency, not bandwidth.
 A default CPU run (one thread) skips the larger B values when, projected linearly from the
 previous B, they would take it past about 150 s; it says so. `--batches` forces a list.
 
-CPU allocator: glibc returns freed blocks above its (adaptive) mmap threshold to the OS,
-so a fresh tensor of a few MB can page-fault on every step, and whether it does depends on
-the process's history (one profiler run made a Lite ERM step 18 -> 12 ms). On CPU the
-script therefore first switches glibc to a steady state (mallopt: no mmap, no trimming),
-so every variant reuses memory; `--keep_malloc` leaves glibc's defaults.
+On the CPU glibc is first switched to a steady allocator (`common.steady_malloc`;
+`--keep_malloc` leaves it).
 
-    OMP_NUM_THREADS=1 python benchmarks/gradcam_kernel.py --device cpu
-    python benchmarks/gradcam_kernel.py --device cuda [--dtype bfloat16]
+    OMP_NUM_THREADS=1 python -m benchmarks.gradcam_kernel --device cpu
+    python -m benchmarks.gradcam_kernel --device cuda [--dtype bfloat16]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import functools
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-from ex2l_domainbed.gradcam import fused, gradcam  # noqa: E402
-from bench_common import device_name, steady_malloc, write_json  # noqa: E402
+from benchmarks import common
+from ex2l_domainbed.gradcam import fused, gradcam
 
 K, H, W = 2048, 7, 7
 NUM_CLASSES, NUM_ATTRIBUTES = 4, 6
@@ -68,23 +61,13 @@ PEAK_BANDWIDTH_TBS = [  # (substrings that must all be in the device name, TB/s)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--keep_malloc", action="store_true",
-                        help="CPU: keep glibc's adaptive malloc (default: steady, see above)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     parents=[common.measure_options(), common.round_options()])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batches", type=int, nargs="+", default=None,
                         help=f"default {DEFAULT_BATCHES}; on CPU the larger ones are skipped "
                              f"when the run would exceed {CPU_BUDGET_S} s")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "gradcam_kernel.json"))
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
+    args = common.parse_args(parser, argv, "gradcam_kernel")
     if args.dtype == "bfloat16" and args.device != "cuda":
         parser.error("--dtype bfloat16 is for CUDA only")
     # A default CPU run stays short: B values are skipped once the projection says so.
@@ -119,19 +102,11 @@ def backends_for(device: torch.device) -> list[str]:
 
 
 def working_backends(backends: list[str], dtype, device) -> tuple[list[str], dict]:
-    """Backends that run a small problem without error (closed_form must); the others are
-    dropped with their error, so that e.g. an unbuildable kernel does not end the run."""
-    ok, dropped = [], {}
-    for name in backends:
-        try:
-            forward_backward(make_problem(4, dtype, device, 0), name)
-            ok.append(name)
-        except Exception as exc:
-            if name == "closed_form":
-                raise
-            dropped[name] = f"{type(exc).__name__}: {exc}"
-            print(f"dropped backend {name}: {dropped[name]}", flush=True)
-    return ok, dropped
+    """The backends that run a small problem (closed_form must), and the dropped ones' errors."""
+    trials = {name: functools.partial(forward_backward, make_problem(4, dtype, device, 0), name)
+              for name in backends}
+    dropped = common.drop_failures(trials, required="closed_form")
+    return [name for name in backends if name not in dropped], dropped
 
 
 def forward(p: dict, backend: str) -> torch.Tensor:
@@ -181,47 +156,17 @@ def agreement(p: dict, backends: list[str]) -> dict:
 # Timing
 
 
-class Timer:
-    """Milliseconds of `fn()`: CUDA events (synchronised before reading) or perf_counter."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.device = device
-
-    def __call__(self, fn) -> float:
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(self.device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(self.device)
-            return start.elapsed_time(end)
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+PASSES = {"fwd": forward, "fwd_bwd": forward_backward}
 
 
-def interleaved(p: dict, backends: list[str], timer: Timer, warmup: int, rounds: int) -> dict:
-    """{(backend, 'fwd'|'fwd_bwd'): [ms, ...]}; each round times every pair once."""
-    jobs = [(b, kind) for kind in ("fwd", "fwd_bwd") for b in backends]
-    fns = {"fwd": forward, "fwd_bwd": forward_backward}
-    times = {job: [] for job in jobs}
-    for r in range(warmup + rounds):
-        order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
-        for backend, kind in order:
-            ms = timer(lambda: fns[kind](p, backend))
-            if r >= warmup:
-                times[(backend, kind)].append(ms)
-    return times
-
-
-def stats(ms: list[float]) -> dict:
-    a = np.array(ms)
-    return {"median_ms": float(np.median(a)), "q25_ms": float(np.percentile(a, 25)),
-            "q75_ms": float(np.percentile(a, 75)), "min_ms": float(a.min()),
-            "max_ms": float(a.max()), "times_ms": [round(t, 4) for t in ms]}
+def time_backends(p: dict, backends: list[str], timer: common.Timer, warmup: int,
+                  rounds: int) -> dict[str, dict]:
+    """backend -> {'fwd'|'fwd_bwd': timing stats}, every (backend, pass) in each round."""
+    jobs = {(b, kind): functools.partial(fn, p, b) for kind, fn in PASSES.items()
+            for b in backends}
+    times = common.interleaved_rounds(jobs, timer, warmup, rounds)
+    return {b: {kind: common.timing_stats(times[(b, kind)]) for kind in PASSES}
+            for b in backends}
 
 
 # --------------------------------------------------------------------------------------
@@ -249,33 +194,34 @@ def fused_bytes(batch: int, elt: int) -> dict:
             "bwd": 2 * a + 2 * weights + maps_f32 + overlap}
 
 
-def fused_alone(p: dict, warmup: int, rounds: int) -> dict:
+def fused_alone(p: dict, timer: common.Timer, warmup: int, rounds: int) -> dict:
     """Median forward and backward ms of the fused op alone, on closed-form weights."""
     A = p["A"]
     with torch.no_grad():
         cam = gradcam(A, p["heads"], p["targets"], backend="closed_form", score=SCORE)
     weights = cam.weights.to(A.dtype).contiguous().requires_grad_()
     g_overlap = torch.full((A.shape[0],), 1.0 / A.shape[0], device=A.device)
+    held = {}
+
+    def fwd():
+        held["overlap"], _ = fused.fused_maps_overlap(A, weights, MEASURE)
+
+    def bwd():
+        overlap = held.pop("overlap")
+        torch.autograd.grad(overlap, (A, weights), grad_outputs=g_overlap.to(overlap.dtype))
     fwd_ms, bwd_ms = [], []
     for r in range(warmup + rounds):
-        e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-        torch.cuda.synchronize(A.device)
-        e[0].record()
-        overlap, _ = fused.fused_maps_overlap(A, weights, MEASURE)
-        e[1].record()
-        torch.autograd.grad(overlap, (A, weights), grad_outputs=g_overlap.to(overlap.dtype))
-        e[2].record()
-        torch.cuda.synchronize(A.device)
+        f, b = timer(fwd), timer(bwd)
         if r >= warmup:
-            fwd_ms.append(e[0].elapsed_time(e[1]))
-            bwd_ms.append(e[1].elapsed_time(e[2]))
+            fwd_ms.append(f)
+            bwd_ms.append(b)
     return {"fwd_ms": float(np.median(fwd_ms)), "bwd_ms": float(np.median(bwd_ms))}
 
 
-def bandwidth_report(batch: int, p: dict, args, device_name: str) -> dict:
-    timing = fused_alone(p, args.warmup, args.rounds)
+def bandwidth_report(batch: int, p: dict, args, timer: common.Timer, name: str) -> dict:
+    timing = fused_alone(p, timer, args.warmup, args.rounds)
     moved = fused_bytes(batch, p["A"].element_size())
-    peak = peak_bandwidth(device_name)
+    peak = peak_bandwidth(name)
     out = {"peak_tb_s": peak}
     for kind in ("fwd", "bwd"):
         tbs = moved[kind] / (timing[f"{kind}_ms"] * 1e-3) / 1e12
@@ -306,7 +252,8 @@ def print_batch(batch: int, rows: dict, check: dict) -> None:
     base = rows["closed_form"]
     for name, r in rows.items():
         f, fb = r["fwd"], r["fwd_bwd"]
-        print(f"{batch:>5} {name:<12} {f['median_ms']:>9.3f} {f['median_ms'] / base['fwd']['median_ms']:>6.2f} "
+        print(f"{batch:>5} {name:<12} {f['median_ms']:>9.3f} "
+              f"{f['median_ms'] / base['fwd']['median_ms']:>6.2f} "
               f"{f['q25_ms']:>9.3f}-{f['q75_ms']:<9.3f} {fb['median_ms']:>11.3f} "
               f"{fb['median_ms'] / base['fwd_bwd']['median_ms']:>6.2f} "
               f"{fb['q25_ms']:>9.3f}-{fb['q75_ms']:<9.3f}", flush=True)
@@ -328,25 +275,22 @@ def print_bandwidth(bw: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    malloc = "glibc default" if device.type == "cuda" or args.keep_malloc else steady_malloc()
+    machine = common.prepare(args)
+    device = machine.device
     dtype = getattr(torch, args.dtype)
-    name = device_name(device)
+    name = common.device_name(device)
     backends, dropped = working_backends(backends_for(device), dtype, device)
-    print(f"gradcam_kernel: torch {torch.__version__}, device {device} ({name}), torch threads "
-          f"{torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
-          f"), dtype {args.dtype}, A = [B, {K}, {H}, {W}], heads {K}->{NUM_CLASSES} and "
-          f"{K}->{NUM_ATTRIBUTES}, score {SCORE}, measure {MEASURE}")
-    print(f"backends {backends}; batches {args.batches}; warm-up {args.warmup}, "
-          f"rounds {args.rounds}; CPU malloc: {malloc}")
+    print(f"gradcam_kernel: {machine.describe()}")
+    print(f"dtype {args.dtype}, A = [B, {K}, {H}, {W}], heads {K}->{NUM_CLASSES} and "
+          f"{K}->{NUM_ATTRIBUTES}, score {SCORE}, measure {MEASURE}; backends {backends}; "
+          f"batches {args.batches}; warm-up {args.warmup}, rounds {args.rounds}")
     if args.budget_s:
         print(f"CPU run: a larger B is skipped if the run would exceed {args.budget_s} s "
               f"(projected from the previous B, linear in B); --batches forces a list")
     print(f"\n{'B':>5} {'backend':<12} {'fwd ms':>9} {'x CF':>6} {'fwd IQR ms':>19} "
           f"{'fwd+bwd ms':>11} {'x CF':>6} {'fwd+bwd IQR ms':>19}")
     print("-" * 94)
-    timer = Timer(device)
+    timer = common.Timer(device)
     results, bandwidth, skipped = {}, {}, []
     t0 = time.time()
     last = None  # (B, seconds) of the previous batch size
@@ -357,34 +301,27 @@ def main(argv=None) -> int:
         t_batch = time.time()
         p = make_problem(batch, dtype, device, args.seed)
         check = agreement(p, backends)
-        times = interleaved(p, backends, timer, args.warmup, args.rounds)
-        rows = {b: {kind: stats(times[(b, kind)]) for kind in ("fwd", "fwd_bwd")}
-                for b in backends}
+        rows = time_backends(p, backends, timer, args.warmup, args.rounds)
         print_batch(batch, rows, check)
         results[batch] = {"backends": rows, "agreement_with_closed_form": check}
         if "fused" in backends:
-            bandwidth[batch] = bandwidth_report(batch, p, args, name)
+            bandwidth[batch] = bandwidth_report(batch, p, args, timer, name)
         del p
         last = (batch, time.time() - t_batch)
     if bandwidth:
         print_bandwidth(bandwidth)
     print(f"\n({time.time() - t0:.0f} s)")
-    out = {
-        "benchmark": "gradcam_kernel",
-        "settings": {"torch": torch.__version__, "device": str(device), "device_name": name,
-                     "threads": torch.get_num_threads(),
-                     "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-                     "dtype": args.dtype, "K": K, "h": H, "w": W, "score": SCORE,
-                     "measure": MEASURE, "batches": args.batches, "warmup_rounds": args.warmup,
-                     "rounds": args.rounds, "backends": backends, "dropped_backends": dropped,
-                     "cpu_budget_s": args.budget_s, "skipped_batches": skipped,
-                     "cpu_malloc": malloc},
+    settings = {**machine.settings(), "dtype": args.dtype, "K": K, "h": H, "w": W,
+                "score": SCORE, "measure": MEASURE, "batches": args.batches,
+                "warmup_rounds": args.warmup, "rounds": args.rounds, "backends": backends,
+                "dropped_backends": dropped, "cpu_budget_s": args.budget_s,
+                "skipped_batches": skipped}
+    common.write_json(args.out, {
+        "benchmark": "gradcam_kernel", "settings": settings,
         "results": {str(b): r for b, r in results.items()},
-        "fused_bandwidth": {str(b): r for b, r in bandwidth.items()},
-    }
-    write_json(args.out, out)
+        "fused_bandwidth": {str(b): r for b, r in bandwidth.items()}})
     return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,24 +7,20 @@ checkpoint is chosen by training-domain validation (DomainBed's IID selection). 
 AA and WGA (mean +/- sample sd over trials), checks the calibration targets, and writes
 JSON.
 
-    OMP_NUM_THREADS=1 python benchmarks/lite_baselines.py --data_dir data/lite --jobs 2
+    OMP_NUM_THREADS=1 python -m benchmarks.lite_baselines --data_dir data/lite --jobs 2
 
-Finished runs are reused when the command is run again with the same --out_dir.
+Finished runs are reused when the command is run again with the same --out_dir. The oracle
+dataset is registered in each training process by this module's `--train` entry.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
-import subprocess
 import sys
 import time
 
-import numpy as np
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks import common
 
 ORACLE = "SpawriousLiteM2M_hard_oracle"
 DEFAULT_RUNS = [
@@ -72,54 +68,28 @@ def register_oracle() -> None:
     hparams_registry.register_hparams_hook(oracle_hparams)
 
 
+# A training process that knows the oracle dataset (see the `__main__` block).
+ORACLE_TRAINER = ("-m", "benchmarks.lite_baselines", "--train")
+
+
 def run_dir(out_dir: str, dataset: str, algorithm: str, trial: int) -> str:
     return os.path.join(out_dir, f"{dataset}-{algorithm}-trial{trial}")
 
 
-def train_one(dataset: str, algorithm: str, trial: int, args) -> tuple[str, float, int]:
-    from domainbed.lib import misc
-
+def train_one(job: tuple, args) -> tuple[str, float, bool]:
+    """Train one run (the defaults, hparams seed 0) unless it is done; (folder, seconds,
+    whether it ran)."""
+    dataset, algorithm, trial = job
     out = run_dir(args.out_dir, dataset, algorithm, trial)
-    timing = os.path.join(out, "benchmark_seconds")
-    if os.path.exists(os.path.join(out, "done")) and os.path.exists(timing):
-        with open(timing) as f:
-            return out, float(f.read()), 0
-    cmd = [sys.executable, os.path.abspath(__file__), "--train",
-           "--dataset", dataset, "--algorithm", algorithm, "--test_envs", "0",
-           "--data_dir", args.data_dir, "--output_dir", out, "--hparams_seed", "0",
-           "--trial_seed", str(trial),
-           "--seed", str(misc.seed_hash(dataset, algorithm, [0], 0, trial))]
-    if args.hparams:
-        cmd += ["--hparams", args.hparams]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    t0 = time.time()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run failed ({out}):\n{proc.stderr[-2000:]}")
-    seconds = time.time() - t0
-    with open(timing, "w") as f:
-        f.write(f"{seconds:.1f}\n")
-    return out, seconds, 1
+    argv = common.training_args(dataset, algorithm, args.data_dir, out, 0, trial, args.hparams)
+    seconds, ran = common.train_once(out, argv, args.threads, entry=ORACLE_TRAINER)
+    return out, seconds, ran
 
 
 def summarise(out: str) -> dict:
     """Training-domain-validation choice of one run: val, test AA and test WGA."""
-    from domainbed.lib.query import Q
-    from domainbed.model_selection import IIDAccuracySelectionMethod as IID
-
-    with open(os.path.join(out, "results.jsonl")) as f:
-        records = Q([json.loads(line) for line in f if line.strip()])
-    acc = IID.run_acc(records, "acc")
-    wga = IID.run_acc(records, "wga")
-    chosen = max(records, key=lambda r: IID.checkpoint_acc(r)["val_acc"])  # first best, as argmax
-    return {"val": acc["val_acc"], "aa": acc["test_acc"], "wga": wga["test_acc"],
-            "selected_step": chosen["step"]}
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return float(np.mean(values)), sd
+    best, scores = common.select_checkpoint(out)
+    return {**scores, "selected_step": best["step"]}
 
 
 def check_targets(table: dict) -> list[tuple[str, bool]]:
@@ -146,45 +116,34 @@ def check_targets(table: dict) -> list[tuple[str, bool]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default="data/spawrious_lite")
-    parser.add_argument("--out_dir", default="runs/lite_baselines")
-    parser.add_argument("--json", default=os.path.join(HERE, "results", "lite_baselines.json"))
-    parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--hparams", default="",
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     parents=[common.training_options("runs/lite_baselines")])
+    parser.add_argument("--hparams", type=json.loads, default={},
                         help="JSON hparams for every run (to explore a calibration)")
     parser.add_argument("--runs", nargs="*", default=None,
                         help="dataset/algorithm pairs, e.g. SpawriousLiteM2M_hard/ERM")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, "lite_baselines")
     runs = [tuple(r.split("/")) for r in args.runs] if args.runs else DEFAULT_RUNS
 
-    # Generate the data once, up front, rather than racing in the first runs.
-    from ex2l_domainbed.datasets import spawrious_lite
-    if not os.path.isdir(os.path.join(args.data_dir, "spawrious224")):
-        spawrious_lite.generate(args.data_dir)
-
+    common.ensure_lite_data(args.data_dir)
     jobs = [(d, a, t) for d, a in runs for t in range(args.trials)]
     print(f"{len(jobs)} runs, {args.jobs} at a time, torch threads per run: {args.threads}")
     t0 = time.time()
     seconds: dict[str, list[float]] = {}
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(train_one, d, a, t, args): (d, a, t) for d, a, t in jobs}
-        for fut in concurrent.futures.as_completed(futures):
-            d, a, t = futures[fut]
-            out, secs, ran = fut.result()
-            seconds.setdefault(f"{d}/{a}", []).append(secs)
-            print(f"  done {d} {a} trial {t} ({secs:.0f} s{'' if ran else ', cached'})",
-                  flush=True)
+    for (d, a, t), (_, secs, ran) in common.in_parallel(lambda job: train_one(job, args),
+                                                          jobs, args.jobs):
+        seconds.setdefault(f"{d}/{a}", []).append(secs)
+        print(f"  done {d} {a} trial {t} ({secs:.0f} s{'' if ran else ', cached'})",
+              flush=True)
 
     table, per_trial = {}, {}
     for d, a in runs:
         rows = [summarise(run_dir(args.out_dir, d, a, t)) for t in range(args.trials)]
         per_trial[f"{d}/{a}"] = rows
-        table[f"{d}/{a}"] = {k: mean_sd([r[k] for r in rows]) for k in ("val", "aa", "wga")}
+        table[f"{d}/{a}"] = {k: common.mean_sd(r[k] for r in rows) for k in ("val", "aa", "wga")}
 
-    header = f"{'dataset':<30} {'algorithm':<9} {'n':>2}  {'val':>13}  {'test AA':>13}  {'test WGA':>13}"
+    header = (f"{'dataset':<30} {'algorithm':<9} {'n':>2}  {'val':>13}  {'test AA':>13}  "
+              f"{'test WGA':>13}")
     print("\n" + header + "\n" + "-" * len(header))
     for key, row in table.items():
         d, a = key.split("/")
@@ -197,7 +156,8 @@ def main(argv=None) -> int:
     import torch
     result = {
         "benchmark": "lite_baselines", "trials": args.trials, "threads_per_run": args.threads,
-        "parallel_runs": args.jobs, "torch": torch.__version__, "hparams": args.hparams,
+        "parallel_runs": args.jobs, "torch": torch.__version__,
+        "hparams": json.dumps(args.hparams) if args.hparams else "",
         "wall_seconds_this_invocation": round(time.time() - t0, 1),
         "run_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
         "table": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in row.items()}
@@ -205,15 +165,12 @@ def main(argv=None) -> int:
         "per_trial": per_trial,
         "targets": [{"target": t, "met": ok} for t, ok in checks],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nwrote {args.json}")
+    common.write_json(args.out, result)
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--train":
+    if sys.argv[1:2] == ["--train"]:
         register_oracle()
         from domainbed.scripts import train
         raise SystemExit(train.main(sys.argv[2:]))

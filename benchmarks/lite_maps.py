@@ -1,5 +1,5 @@
 """Where do the chosen models' Grad-CAM maps sit on Spawrious-Lite test images? (used by
-`lite_accuracy.py --analyse`; not a test)
+`benchmarks.lite_accuracy --analyse`; not a test)
 
 For a run's selected checkpoint (its `model_step<N>.pkl`), on a fixed sample of test images:
 - `label_fg`: share of the label-head map's mass inside the foreground (the silhouette's
@@ -7,15 +7,20 @@ For a run's selected checkpoint (its `model_step<N>.pkl`), on a fixed sample of 
 - `nuisance_fg`: the same for the confounder (EX2L) or adversary (AttributeDANN) head;
 - `nuisance_acc`: that head's accuracy on the test images' true locations;
 - `label_zero`, `nuisance_zero`: share of all-zero maps.
+
+A quick look at one run's checkpoint: `python -m benchmarks.lite_maps RUN_DIR STEP DATA_DIR`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 
 import numpy as np
 import torch
+
+from benchmarks import common
 
 SAMPLE = 320  # test images per run; fixed seed, the same images for every run
 BATCH = 64
@@ -27,8 +32,9 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def test_sample(dataset_name: str, data_dir: str, hparams: dict, n: int = SAMPLE) -> list[tuple]:
-    """A fixed random sample of (path, y, a) from the test environment (env 0)."""
+def test_sample(dataset_name: str, data_dir: str, hparams: dict, n: int = SAMPLE) -> tuple:
+    """A fixed random sample of (path, y, a) from the test environment (env 0), and the
+    transform that turns an image into the model's input."""
     from domainbed import datasets
     dataset = datasets.get_dataset_class(dataset_name)(data_dir, [0], hparams)
     samples = dataset[0].samples
@@ -40,9 +46,9 @@ def analyse_run(run: dict, data_dir: str) -> dict:
     """Map statistics of one run's selected checkpoint."""
     from domainbed import algorithms
     from ex2l_domainbed.datasets.lite_masks import foreground_mask
-    from ex2l_domainbed.plugin import register
     from ex2l_domainbed.datasets.spawrious import load_rgb_image
     from ex2l_domainbed.explain import head_maps, mass_inside
+    from ex2l_domainbed.plugin import register
 
     register()  # the Lite datasets and EX2L, also when this package is not pip-installed
     saved = torch.load(os.path.join(run["dir"], f"model_step{run['step']}.pkl"),
@@ -74,28 +80,42 @@ def analyse_trials(trials: list[dict], data_dir: str) -> dict:
     for k in KEYS:
         values = [r[k] for r in rows if k in r and not math.isnan(r[k])]
         if values:
-            out[k] = (float(np.mean(values)),
-                      float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+            out[k] = common.mean_sd(values)
     out["per_trial"] = rows
     return out
 
 
-def print_table(table: dict) -> None:
-    header = (f"{'dataset':<24} {'algorithm':<14} {'label fg':>13} {'nuis. fg':>13} "
+def print_table(table: dict, width: int = 14) -> None:
+    """The map statistics of `lite_accuracy`'s table (its rows carry them under "maps");
+    `width`: of the algorithm column."""
+    header = (f"{'dataset':<24} {'algorithm':<{width}} {'label fg':>13} {'nuis. fg':>13} "
               f"{'mask area':>9} {'nuis. acc':>13} {'label 0-maps':>12} {'nuis. 0-maps':>12}")
     print("\nTest images, chosen checkpoints (fg = share of map mass on the silhouette)")
     print(header + "\n" + "-" * len(header))
     for (dataset, label), row in table.items():
         m = row.get("maps", {})
-
-        def cell(k, width=13):
-            return f"{m[k][0]:.3f} ± {m[k][1]:.3f}".rjust(width) if k in m else "-".rjust(width)
-        print(f"{dataset:<24} {label:<14} {cell('label_fg')} {cell('nuisance_fg')} "
-              f"{m['mask_area'][0]:>9.3f} {cell('nuisance_acc')} "
-              f"{(cell('label_zero', 12))} {cell('nuisance_zero', 12)}")
+        print(f"{dataset:<24} {label:<{width}} {_cell(m, 'label_fg')} {_cell(m, 'nuisance_fg')} "
+              f"{m['mask_area'][0]:>9.3f} {_cell(m, 'nuisance_acc')} "
+              f"{_cell(m, 'label_zero', 12)} {_cell(m, 'nuisance_zero', 12)}")
 
 
-if __name__ == "__main__":  # quick look at one run: python lite_maps.py RUN_DIR STEP DATA_DIR
-    import sys
-    print(json.dumps(analyse_run({"dir": sys.argv[1], "step": int(sys.argv[2])}, sys.argv[3]),
+def _cell(stats: dict, key: str, width: int = 13) -> str:
+    """'mean ± sd' of one statistic, or '-' where the model has no such map."""
+    if key not in stats:
+        return "-".rjust(width)
+    return f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}".rjust(width)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Map statistics of one run's checkpoint.")
+    parser.add_argument("run_dir", help="a training run's output folder")
+    parser.add_argument("step", type=int, help="the checkpoint (model_step<STEP>.pkl)")
+    parser.add_argument("data_dir", help="the Spawrious-Lite data folder")
+    args = parser.parse_args(argv)
+    print(json.dumps(analyse_run({"dir": args.run_dir, "step": args.step}, args.data_dir),
                      indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
