@@ -51,8 +51,7 @@ def analyse_run(run: dict, data_dir: str) -> dict:
     from ex2l_domainbed.plugin import register
 
     register()  # the Lite datasets and EX2L, also when this package is not pip-installed
-    saved = torch.load(os.path.join(run["dir"], f"model_step{run['step']}.pkl"),
-                       weights_only=False, map_location="cpu")
+    saved = algorithms.load_checkpoint(os.path.join(run["dir"], f"model_step{run['step']}.pkl"))
     model = algorithms.from_checkpoint(saved).eval()
     samples, transform = test_sample(saved["args"]["dataset"], data_dir, saved["model_hparams"])
     stats = {k: [] for k in KEYS}

@@ -8,6 +8,9 @@ as upstream-style plugins do).
 from __future__ import annotations
 
 import inspect
+import os
+import pickle
+import re
 from typing import Any
 
 import torch
@@ -15,16 +18,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from domainbed import networks
+from domainbed.lib import misc
 from domainbed.lib.misc import UnknownNameError, unknown_name_message
+from domainbed.plugins import PluginNames, ensure_loaded
 
-ALGORITHMS: list[str] = [
+ALGORITHMS: list[str] = PluginNames([
     "ERM",
     "GroupDRO",
-]
+])
 
 
 def get_algorithm_class(algorithm_name: str) -> type:
     """Return the algorithm class with the given name."""
+    ensure_loaded()
     cls = globals().get(algorithm_name)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or cls is Algorithm:
         raise UnknownNameError(unknown_name_message("Algorithm", algorithm_name, ALGORITHMS))
@@ -53,6 +59,33 @@ def attribute_kwargs(algorithm_class: type, dataset) -> dict[str, Any]:
     if "num_attributes" in params and getattr(dataset, "ATTRIBUTES", None):
         return {"num_attributes": len(dataset.ATTRIBUTES)}
     return {}
+
+
+class UnsafeCheckpoint(misc.UserInputError):
+    """A checkpoint file that holds pickled Python objects (which could run code when loaded)."""
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a `model.pkl` that train.py wrote: tensors and plain data only, so it loads with
+    `weights_only=True` and a crafted file cannot run code. Anything else is refused."""
+    if not os.path.isfile(path):
+        raise misc.UserInputError(f"no checkpoint at {path}: train with the default (no "
+                                  "--skip_model_save) to write model.pkl.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:  # not a pickle stream torch can read at all
+            raise misc.UserInputError(f"{path} is not a readable checkpoint; it may be "
+                                      "truncated or not a model.pkl: retrain the run.") from None
+        raise UnsafeCheckpoint(
+            f"{path} holds pickled Python objects ({refused.group(1)}), not only tensors and "
+            f"plain data, so it is not loaded (loading it could run code). Checkpoints written "
+            f"by this project's train.py never do: retrain the run, or load it yourself only "
+            f"if you trust its source.") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise misc.UserInputError(f"{path} is not a readable checkpoint ({exc}); it may be "
+                                  "truncated: retrain the run.") from None
 
 
 def from_checkpoint(save_dict: dict[str, Any]) -> "Algorithm":

@@ -12,16 +12,18 @@ import torch
 from torch.utils.data import TensorDataset
 
 from domainbed.lib.misc import UnknownNameError, unknown_name_message
+from domainbed.plugins import PluginNames, ensure_loaded
 
-DATASETS: list[str] = [
+DATASETS: list[str] = PluginNames([
     "Debug28",
     "Debug224",
     "DebugAttr28",
-]
+])
 
 
 def get_dataset_class(dataset_name: str) -> type:
     """Return the dataset class with the given name."""
+    ensure_loaded()
     cls = globals().get(dataset_name)
     if not (isinstance(cls, type) and issubclass(cls, MultipleDomainDataset)
             and cls.ENVIRONMENTS):  # base classes have no environments
@@ -53,6 +55,7 @@ class MultipleDomainDataset:
     INPUT_SHAPE: tuple | None = None
     ATTRIBUTES: list[str] | None = None   # set by attribute-aware datasets
     FEATURIZER: str | None = None   # a backbone's name in networks.FEATURIZERS; None: by shape
+    NEEDS_DATA_DIR = True   # train.py refuses to run it without --data_dir
 
     def __getitem__(self, index: int):
         return self.datasets[index]
@@ -65,6 +68,7 @@ class Debug(MultipleDomainDataset):
     """Three environments of 16 random images with random binary labels."""
 
     N_WORKERS = 0  # in-memory tensors: worker processes would only add start-up time
+    NEEDS_DATA_DIR = False  # generated in memory
 
     def __init__(self, root, test_envs, hparams):
         super().__init__()

@@ -19,6 +19,7 @@ import numpy as np
 
 from domainbed import datasets, networks
 from domainbed.lib import misc
+from domainbed.plugins import ensure_loaded
 
 # Datasets that get the small-image lr / batch size / weight decay. A plugin may
 # append its own small-image datasets (upstream keeps this list local).
@@ -101,6 +102,7 @@ def hparam_specs(algorithm: str, dataset: str) -> dict[str, HparamSpec]:
 def _definitions(algorithm: str, dataset: str, random_seed: int
                  ) -> dict[str, tuple[Any, Any, HparamSpec]]:
     """{name: (default, random value, spec)}: upstream's definitions, then the hooks'."""
+    ensure_loaded()  # a plugin's hparams exist once it has registered its hook
     hparams: dict[str, tuple[Any, Any, HparamSpec]] = {}
 
     def _hparam(name: str, default_val: Any, random_val_fn: RandomFn, replace: bool = False,

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from domainbed.lib.misc import UnknownNameError, unknown_name_message
+from domainbed.plugins import ensure_loaded
 
 Shape = Sequence[int]
 FeaturizerBuilder = Callable[[Shape, Mapping[str, Any]], nn.Module]
@@ -50,6 +51,7 @@ def register_featurizer(name: str) -> Callable[[FeaturizerBuilder], FeaturizerBu
 
 def get_featurizer_class(name: str) -> FeaturizerBuilder:
     """The builder registered as `name`; an unknown name is one message with the closest."""
+    ensure_loaded()
     if name not in FEATURIZERS:
         raise UnknownNameError(unknown_name_message("Featurizer", name, sorted(FEATURIZERS)))
     return FEATURIZERS[name]
@@ -295,6 +297,7 @@ def featurizer_for_shape(input_shape: Shape) -> str:
         return "mnist_cnn"
     if len(shape) == 3 and shape[1:3] == (224, 224):
         return "resnet"
+    ensure_loaded()  # so the message lists the plugins' backbones too
     raise NotImplementedError(
         f"No featurizer for input shape {shape} by upstream's shape rules ((D,) -> mlp, "
         f"(C, 28, 28) -> mnist_cnn, (C, 224, 224) -> resnet). Name one: set the dataset's "

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from domainbed.lib.misc import UserInputError
+
 ALGORITHMS = ("ERM", "EX2L")
 
 
@@ -51,7 +53,7 @@ def best_run(sweep_dir: str, algorithm: str) -> str:
 
 def load_model(run: str):
     from domainbed import algorithms
-    saved = torch.load(os.path.join(run, "model.pkl"), weights_only=False, map_location="cpu")
+    saved = algorithms.load_checkpoint(os.path.join(run, "model.pkl"))
     return algorithms.from_checkpoint(saved).eval(), saved
 
 
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(make_figure(args.sweep_dir, args.data_dir, args.out, args.per_group))
-    except (NoRunFound, FileNotFoundError) as exc:
+    except (NoRunFound, FileNotFoundError, UserInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

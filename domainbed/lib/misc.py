@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import sys
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Sequence
@@ -32,6 +33,44 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     hint = f" Did you mean '{close}'?" if close else ""
     return (f"{kind} not found: {name}.{hint} Known {kind.lower()}s: {', '.join(known)}. "
             f"A plugin's {kind.lower()}s appear once its package is installed.")
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-line message of a user-input error, unwrapped when a DataLoader worker raised
+    it: torch re-raises it in the main process with the worker's whole traceback as text,
+    whose last line is `<module>.<Class>: <message>`."""
+    text = str(exc)
+    if "Original Traceback (most recent call last):" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def check_distinct_test_envs(test_envs: Sequence[int]) -> None:
+    """`--test_envs 0 0` names one environment twice: refuse it (the run would record the
+    wrong number of training environments)."""
+    repeated = sorted({e for e in test_envs if list(test_envs).count(e) > 1})
+    if repeated:
+        raise UserInputError(
+            f"--test_envs {' '.join(map(str, test_envs))} names environment {repeated[0]} "
+            f"more than once. Give each test environment once, e.g. --test_envs "
+            f"{' '.join(map(str, dict.fromkeys(test_envs)))}.")
+
+
+def check_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """A folder path that can be created: not a file, and not below one (`file/sub`)."""
+    probe = os.path.abspath(path)
+    while True:
+        if os.path.exists(probe):
+            if not os.path.isdir(probe):
+                where = "is a file" if probe == os.path.abspath(path) else f"is below the file {probe}"
+                raise UserInputError(
+                    f"{flag} {path} {where}, not a folder. Choose another path or move that file.")
+            return
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
 
 
 def seed_hash(*args: Any) -> int:

@@ -133,6 +133,9 @@ def validate_args(args: argparse.Namespace) -> None:
     """Fail before creating any job folder: names, test envs, --hparams, launcher."""
     for name in args.algorithms:
         algorithms.get_algorithm_class(name)
+    if args.test_envs is not None:
+        misc.check_distinct_test_envs(args.test_envs)
+    misc.check_output_dir(args.output_dir)
     for name in args.datasets:
         n_envs = datasets.num_environments(name)
         if args.test_envs is not None:
@@ -197,9 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     except misc.UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        print(f"error: --output_dir {args.output_dir} is a file, not a folder.", file=sys.stderr)
-        return 2
 
     args_list = make_args_list(
         n_trials=args.n_trials, dataset_names=args.datasets, algorithms=args.algorithms,
@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     except misc.UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted. Finished jobs are kept; rerun the same command to launch "
+              "the jobs not launched yet (the interrupted job shows as incomplete: "
+              "`sweep delete_incomplete` with the same arguments clears it first).",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -43,7 +43,10 @@ EXPECTED_ERRORS = (misc.UserInputError, FileNotFoundError, TrainingDiverged)
 def describe_failure(exc: BaseException) -> str:
     """What a failed run reports: one line for an expected error, else the traceback."""
     if isinstance(exc, EXPECTED_ERRORS):
-        return f"error: {exc}\n"
+        return f"error: {misc.user_message(exc)}\n"
+    if isinstance(exc, KeyboardInterrupt):
+        return ("error: interrupted. The run is incomplete (no done marker); relaunch the same "
+                "command to run it again (its records so far move to results.jsonl.previousN).\n")
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", type=str, default="train_output")
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--uda_holdout_fraction", type=float, default=0,
-                        help="For domain adaptation, % of test to use unlabeled for training.")
+                        help="For domain adaptation, %% of test to use unlabeled for training.")
     parser.add_argument("--skip_model_save", action="store_true")
     parser.add_argument("--save_model_every_checkpoint", action="store_true")
     return parser
@@ -102,6 +105,11 @@ def validate_args(args: argparse.Namespace):
     dataset_class = datasets.get_dataset_class(args.dataset)
     algorithm_class = algorithms.get_algorithm_class(args.algorithm)
     n_envs = len(dataset_class.ENVIRONMENTS)
+    misc.check_distinct_test_envs(args.test_envs)
+    if args.data_dir is None and getattr(dataset_class, "NEEDS_DATA_DIR", True):
+        raise misc.UserInputError(
+            f"{args.dataset} needs --data_dir (the folder with its data; Spawrious-Lite is "
+            "generated there on first use), e.g. --data_dir data/spawrious_lite.")
     for env in args.test_envs:
         if not 0 <= env < n_envs:
             raise misc.UserInputError(
@@ -118,10 +126,7 @@ def validate_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if not 0 <= value < 1:
             raise misc.UserInputError(f"--{flag} must be in [0, 1), got {value}.")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise misc.UserInputError(
-            f"--output_dir {args.output_dir} is a file, not a folder. "
-            "Choose another path or remove that file.")
+    misc.check_output_dir(args.output_dir)
     return dataset_class, algorithm_class
 
 
@@ -397,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         print(describe_failure(exc), end="", file=sys.stderr)
         return 1 if isinstance(exc, TrainingDiverged) else 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: say what happened and what to do, no traceback
+        print(describe_failure(exc), end="", file=sys.stderr)
+        return 130
     return 0
 
 

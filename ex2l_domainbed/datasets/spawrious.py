@@ -300,6 +300,10 @@ class SpawriousBenchmark(MultipleDomainDataset):
         super().__init__()  # test_envs is ignored, as upstream
         self.base_count = type(self).BASE_COUNT
         self.image_size = type(self).IMAGE_SIZE
+        if root is None or str(root) == "":  # train.py's --data_dir has no default
+            raise SpawriousDataError(
+                f"{self.dataset_label} needs --data_dir: the folder that holds (or, for "
+                "Spawrious-Lite, will hold) spawrious224/, e.g. --data_dir data/spawrious_lite.")
         self.root = self.prepare_root(root)
         size = self.image_size
         self.input_shape = (3, size, size)
