@@ -167,3 +167,22 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path, run_main):
     (run / "model.pkl").write_bytes(b"not a checkpoint")
     with pytest.raises(train.misc.UserInputError, match="not a readable checkpoint"):
         algorithms.load_checkpoint(str(run / "model.pkl"))
+
+
+class _CorruptImages(__import__("torch").utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise train.misc.UserInputError(f"image {index} is corrupt: remove it and rerun")
+
+
+def test_an_error_in_a_loader_worker_is_one_line():
+    """torch re-raises a worker's exception with the worker's traceback as its text."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(_CorruptImages(), num_workers=1)
+    with pytest.raises(train.misc.UserInputError) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)  # what the user saw before
+    assert train.describe_failure(info.value) == "error: image 0 is corrupt: remove it and rerun\n"
