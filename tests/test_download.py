@@ -228,11 +228,10 @@ def test_already_extracted_makes_no_request(server, tmp_path, capsys):
     assert "already there" in capsys.readouterr().out
 
 
-def test_cli_data_dir_is_a_file(tmp_path):
+def test_cli_data_dir_is_a_file(tmp_path, run_main):
     path = tmp_path / "file"
     path.write_text("x")
-    proc = run_python_module("domainbed.scripts.download", "--dataset", "spawrious",
-                             "--data_dir", path)
+    proc = run_main(download.main, "--dataset", "spawrious", "--data_dir", path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "is a file" in proc.stderr
 

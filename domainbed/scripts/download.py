@@ -3,15 +3,29 @@
     python -m domainbed.scripts.download --dataset spawrious --data_dir ./data
 
 The download is resumable (bytes go to `<archive>.part`; rerunning the same
-command continues it with an HTTP Range request) and size-checked. The archive
-is validated member by member before anything is written, extracted into a
-temporary folder and moved into place in one rename, so an interrupted or
-hostile archive never leaves a half-made `spawrious224/` behind.
+command continues it with an HTTP Range request, also after Ctrl-C, which exits
+130 and keeps the partial file) and size-checked. The archive is validated
+member by member before anything is written, extracted into a temporary folder
+and moved into place in one rename, so an interrupted or hostile archive never
+leaves a half-made `spawrious224/` behind.
+
+The archive cache is `<data_dir>/spawrious224.tar.gz`. An archive already there
+(put there by hand, or kept by `--keep_archive` or an interrupted extraction) is
+used instead of downloading. An archive that is refused (corrupt, unsafe
+members, no `spawrious224/` folder) is never reused silently:
+- one downloaded by this run is deleted (it is only a download, and unusable),
+  so the next run, typically with another `--url`, downloads afresh;
+- one that was already there is left alone, and the message says to delete it.
+
+Bad input (a malformed `--url`, an unusable `--data_dir`, an unreachable server,
+a refused archive) is one `error:` line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
+import http.client
 import os
 import posixpath
 import re
@@ -19,9 +33,10 @@ import shutil
 import sys
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
-from typing import Callable, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -29,10 +44,56 @@ from domainbed.lib import misc
 
 SPAWRIOUS_URL = "https://www.dropbox.com/s/e40j553480h3f3s/spawrious224.tar.gz?dl=1"
 SPAWRIOUS_TOP = "spawrious224"
+CHUNK_SIZE = 1 << 20  # bytes per read (a module constant so tests can shrink it)
+URL_EXAMPLE = "e.g. --url https://example.org/spawrious224.tar.gz"
 
 
 class DownloadError(misc.UserInputError):
     """A download or extraction problem, reported to the user as one message."""
+
+
+class ArchiveRefused(DownloadError):
+    """An archive that must not be extracted; `problem` is the reason without the advice,
+    so a caller that deleted the archive can give other advice than "delete it"."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+
+class DownloadInterrupted(Exception):
+    """Ctrl-C, with what was kept and how to go on: `main` prints it and exits 130."""
+
+
+def _brief(exc: object) -> str:
+    """An exception's text as a short single line (tarfile and http.client put newlines and
+    whole server answers in theirs), so every error stays one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[0].rstrip(":").split()) if lines else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that urllib would fail on with a traceback, or fetch without resuming
+    (ftp:, file:): only http:// and https:// addresses with a host are downloaded."""
+    def refuse(why: str) -> NoReturn:
+        raise DownloadError(
+            f"--url {url!r} is not a valid download URL ({why}); give an http:// or https:// "
+            f"address of the archive, {URL_EXAMPLE}.")
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (a bad port raises ValueError only when read)
+    except ValueError as exc:
+        refuse(str(exc))
+    if not parts.scheme or (not parts.netloc and "://" not in url):
+        refuse("no http:// or https:// scheme")
+    if parts.scheme.lower() not in ("http", "https"):
+        refuse(f"unsupported scheme {parts.scheme}://")
+    if not parts.hostname:
+        refuse("no host")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        refuse("it contains spaces or control characters")
 
 
 def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -44,12 +105,14 @@ def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return (None if start == "*" else int(start)), (None if total == "*" else int(total))
 
 
-def download_file(url: str, dest: str, chunk_size: int = 1 << 20) -> str:
+def download_file(url: str, dest: str, chunk_size: Optional[int] = None) -> str:
     """Download `url` to `dest`, resuming `dest + '.part'` if a previous try was cut off.
 
     Only a transfer whose size matches the announced size is renamed to `dest`,
     so `dest` existing always means a complete file.
     """
+    check_url(url)
+    chunk_size = chunk_size or CHUNK_SIZE
     part = dest + ".part"
     have = os.path.getsize(part) if os.path.isfile(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "domainbed-download"})
@@ -67,6 +130,10 @@ def download_file(url: str, dest: str, chunk_size: int = 1 << 20) -> str:
             os.remove(part)
             return download_file(url, dest, chunk_size)
         raise DownloadError(f"HTTP {exc.code} ({exc.reason}) from {url}") from None
+    except (http.client.HTTPException, ValueError) as exc:  # not an HTTP server, a bad URL
+        raise DownloadError(
+            f"{url} did not give a valid HTTP answer ({type(exc).__name__}: {_brief(exc)}); "
+            f"check that --url is the address of the archive, {URL_EXAMPLE}.") from None
 
     with response:
         length = response.headers.get("Content-Length")
@@ -88,9 +155,11 @@ def download_file(url: str, dest: str, chunk_size: int = 1 << 20) -> str:
         with open(part, mode) as out, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=os.path.basename(dest), file=sys.stderr) as bar:
+            # read1: what has arrived (up to chunk_size), so Ctrl-C keeps nearly all of it
+            read = getattr(response, "read1", response.read)
             while True:
                 try:
-                    chunk = response.read(chunk_size)
+                    chunk = read(chunk_size)
                 except Exception as exc:  # connection reset, timeout, IncompleteRead...
                     cut_short = exc
                     break
@@ -113,8 +182,8 @@ def _check_member(member: tarfile.TarInfo, archive: str) -> None:
     """Refuse a member that could write outside the destination or is not a plain file/folder."""
     name = member.name
 
-    def refuse(why: str) -> None:
-        raise DownloadError(f"unsafe member {name!r} in {archive}: {why}; refusing to extract.")
+    def refuse(why: str) -> NoReturn:
+        raise ArchiveRefused(f"unsafe member {name!r} in {archive}: {why}", _delete_advice(archive))
 
     def escapes(path: str) -> bool:
         return path.startswith("/") or os.path.isabs(path) or ".." in path.split("/")
@@ -132,6 +201,10 @@ def _check_member(member: tarfile.TarInfo, archive: str) -> None:
     if member.islnk():
         if escapes(member.linkname) or escapes(posixpath.normpath(member.linkname)):
             refuse(f"hard link to {member.linkname!r} points outside the archive")
+
+
+def _delete_advice(archive: str) -> str:
+    return f"refusing to extract it: delete {archive} and rerun to download the archive again."
 
 
 def safe_extract(archive: str, dest_dir: str, top: str = SPAWRIOUS_TOP) -> str:
@@ -157,48 +230,124 @@ def safe_extract(archive: str, dest_dir: str, top: str = SPAWRIOUS_TOP) -> str:
                 else:  # Python without extraction filters: the checks above still apply
                     tar.extractall(tmp, members=members)
         except tarfile.FilterError as exc:
-            raise DownloadError(
-                f"unsafe member {exc.tarinfo.name!r} in {archive}: {exc}; refusing to extract.") from None
+            raise ArchiveRefused(f"unsafe member {exc.tarinfo.name!r} in {archive}: {_brief(exc)}",
+                                 _delete_advice(archive)) from None
         except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error,
                 gzip.BadGzipFile) as exc:
-            raise DownloadError(
-                f"{archive} is not a readable tar.gz archive ({exc}); it is probably corrupt or "
-                "incomplete: delete it and download again.") from None
+            raise ArchiveRefused(
+                f"{archive} is not a readable tar.gz archive ({_brief(exc)})",
+                "it is probably corrupt or incomplete: delete it and download again "
+                "(rerun this command).") from None
         extracted = os.path.join(tmp, top)
         if not os.path.isdir(extracted):
-            raise DownloadError(f"{archive} has no top-level {top}/ folder; is it the right archive?")
+            raise ArchiveRefused(f"{archive} has no top-level {top}/ folder",
+                                 f"is it the right archive? {_delete_advice(archive)}")
         os.replace(extracted, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
+def _check_data_dir(data_dir: str) -> None:
+    """Refuse, before any download, a --data_dir that cannot hold the dataset."""
+    if not data_dir:
+        raise DownloadError("--data_dir is empty; give the folder to download into, "
+                            "e.g. --data_dir ./data")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DownloadError(f"--data_dir {data_dir} is a file, not a folder; "
+                            "give a folder (it is created if missing).")
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DownloadError(f"--data_dir {data_dir} cannot be created: {parent} is a file, "
+                            "not a folder; give another --data_dir.")
+
+
+def _check_not_in_the_way(path: str, kind: str) -> None:
+    """A file where a folder goes (or the reverse) would fail only after a long download."""
+    if os.path.lexists(path) and os.path.isdir(path) != (kind == "folder"):
+        raise DownloadError(f"{path} is in the way (it should be a {kind}); "
+                            "move or remove it and rerun.")
+
+
+def _interrupted_download(url: str, archive: str) -> DownloadInterrupted:
+    part = archive + ".part"
+    if os.path.isfile(part) and os.path.getsize(part):
+        return DownloadInterrupted(
+            f"download of {url} interrupted; the {os.path.getsize(part)} bytes received so far "
+            f"are kept in {part}: rerun the same command to resume it.")
+    return DownloadInterrupted(f"download of {url} interrupted before any data was saved; "
+                               "rerun the same command to start it again.")
+
+
+def _fetch(url: str, archive: str) -> None:
+    """Download the archive, turning network failures and Ctrl-C into messages."""
+    print(f"Downloading {url} to {archive}")
+    try:
+        download_file(url, archive)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        raise DownloadError(
+            f"could not reach {url} ({_brief(getattr(exc, 'reason', exc))}). You can download "
+            f"the archive by hand into {archive} and rerun this command.") from None
+    except KeyboardInterrupt:
+        raise _interrupted_download(url, archive) from None
+
+
+def _extract(archive: str, data_dir: str, url: str, downloaded: bool) -> None:
+    """Extract, deleting an archive this run downloaded if it is refused, so no rerun reuses it."""
+    print(f"Extracting {archive} ...")
+    try:
+        safe_extract(archive, data_dir, SPAWRIOUS_TOP)
+    except ArchiveRefused as exc:
+        if not downloaded:
+            raise  # the user's file: the message says to delete it
+        os.remove(archive)
+        raise DownloadError(
+            f"refused the archive downloaded from {url}: {exc.problem}. The download was "
+            f"deleted, so a rerun downloads anew: check that --url gives the Spawrious archive "
+            f"({SPAWRIOUS_TOP}.tar.gz) and rerun."
+        ) from None
+    except KeyboardInterrupt:
+        raise DownloadInterrupted(
+            f"interrupted while extracting {archive}; nothing was extracted and the archive is "
+            "kept: rerun the same command to extract it.") from None
+
+
 def download_spawrious(data_dir: str, url: str = SPAWRIOUS_URL, keep_archive: bool = False) -> str:
     """Put Spawrious (pools 0 and 1) at `data_dir/spawrious224`, reusing what is already there."""
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise DownloadError(f"--data_dir {data_dir} is a file, not a folder.")
+    _check_data_dir(data_dir)
+    check_url(url)  # bad input is an error even where nothing needs downloading
     final = os.path.join(data_dir, SPAWRIOUS_TOP)
     if os.path.isdir(final):
         print(f"{final} is already there; nothing to download.")
         return final
-    os.makedirs(data_dir, exist_ok=True)
     archive = os.path.join(data_dir, SPAWRIOUS_TOP + ".tar.gz")
-    if os.path.isfile(archive):
-        print(f"Using the archive already at {archive}.")
+    _check_not_in_the_way(final, "folder")
+    _check_not_in_the_way(archive, "file")
+    os.makedirs(data_dir, exist_ok=True)
+    downloaded = not os.path.isfile(archive)
+    if downloaded:
+        _fetch(url, archive)
     else:
-        print(f"Downloading {url} to {archive}")
-        try:
-            download_file(url, archive)
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise DownloadError(
-                f"could not reach {url} ({getattr(exc, 'reason', exc)}). You can download the archive by hand "
-                f"into {archive} and rerun this command.") from None
-    print(f"Extracting {archive} ...")
-    safe_extract(archive, data_dir, SPAWRIOUS_TOP)
+        print(f"Using the archive already at {archive} (delete it to download {url} instead).")
+    _extract(archive, data_dir, url, downloaded)
     if not keep_archive:
         os.remove(archive)
     print(f"Spawrious is ready at {final}")
     return final
+
+
+def _os_error_message(exc: OSError, data_dir: str) -> str:
+    """A file-system failure as one line that names the file and the fix."""
+    where = exc.filename or data_dir
+    if isinstance(exc, PermissionError):
+        return (f"cannot write {where} (permission denied); choose a --data_dir you can write to "
+                "or fix its permissions, then rerun.")
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing {where}; free some space or "
+                "choose another --data_dir, then rerun (a partial download resumes).")
+    return f"{exc.strerror or exc} ({where}); check --data_dir {data_dir} and rerun."
 
 
 DATASETS: dict[str, Callable[..., str]] = {"spawrious": download_spawrious}
@@ -214,19 +363,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="keep the .tar.gz after extracting it")
     args = parser.parse_args(argv)
     kwargs = {"keep_archive": args.keep_archive}
-    if args.url:
+    if args.url is not None:
         kwargs["url"] = args.url
     try:
         DATASETS[args.dataset](args.data_dir, **kwargs)
     except misc.UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # always one line
         return 2
+    except DownloadInterrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to go on.", file=sys.stderr)
+        return 130
     except urllib.error.URLError as exc:
         print(f"error: could not reach {args.url or 'the download server'}: {exc.reason}",
               file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_os_error_message(exc, args.data_dir)}", file=sys.stderr)
         return 2
     return 0
 
