@@ -307,6 +307,7 @@ def test_latex(tmp_path, capsys):
 
 def test_zero_records(tmp_path, capsys):
     os.makedirs(tmp_path / "empty_run")
+    (tmp_path / "empty_run" / "out.txt").write_text("")  # started, no checkpoint yet
     collect_results.main(["--input_dir", str(tmp_path)])
     assert capsys.readouterr().out == "Total records: 0\n"
     collect_results.main(["--input_dir", str(tmp_path), "--latex"])
@@ -315,12 +316,11 @@ def test_zero_records(tmp_path, capsys):
 
 def test_bad_input_dir_is_a_clean_usage_error(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    for bad in (tmp_path / "missing", tmp_path / "file"):
-        with pytest.raises(SystemExit) as exc:
-            collect_results.main(["--input_dir", str(bad)])
-        assert exc.value.code == 2
+    for bad, problem in ((tmp_path / "missing", "does not exist"),
+                         (tmp_path / "file", "is a file, not a folder")):
+        assert collect_results.main(["--input_dir", str(bad)]) == 2
         captured = capsys.readouterr()
         assert captured.out == ""
-        assert captured.err.strip().splitlines()[-1].endswith(
-            f": error: --input_dir '{bad}' is not an existing directory")
+        assert captured.err.strip().splitlines()[-1] == (
+            f"error: --input_dir {bad} {problem}. Pass the sweep's --output_dir.")
     assert not (tmp_path / "missing").exists()

@@ -1,14 +1,23 @@
 """Print a sweep's results tables (upstream's layout, byte for byte, for accuracy).
 
-Text output is tee'd to input_dir/results.txt (results.tex with --latex,
-results.md with --markdown). When records carry worst-group accuracy
-(`env{i}_in_wga`), upstream's blocks are followed by the worst-group
+Text output is written to input_dir/results.txt too (results.tex with --latex,
+results.md with --markdown), once the whole report is built and through a
+rename, so the file is never left partial. When records carry worst-group
+accuracy (`env{i}_in_wga`), upstream's blocks are followed by the worst-group
 validation method's accuracy tables and then, for every method, the same
 tables with worst-group accuracy as the test number.
+
+Bad lines in results.jsonl files are skipped with one warning each on stderr
+(see domainbed.lib.reporting for which skip a line and which a whole run) and
+a summary line at the end; the exit status stays 0, as the other runs' tables
+are complete. A path that is not a sweep folder, or a sweep none of whose
+records is usable, is an `error:` line and exit status 2, and writes nothing.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -193,6 +202,52 @@ def print_report(records: Q, latex: bool = False, markdown: bool = False) -> Non
         print("\\end{document}")
 
 
+def render_report(records: Q, latex: bool = False, markdown: bool = False) -> str:
+    """The whole report as text, built before anything is printed or written."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print_report(records, latex=latex, markdown=markdown)
+    return buffer.getvalue()
+
+
+def print_text(text: str) -> None:
+    """Print the report; a reader that stopped early (`| head`) must not cost the file."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so the exit-time flush fails no more
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: old or complete, never
+    partial. A failure is a UserInputError naming the folder to fix."""
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp_path, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        raise misc.UserInputError(
+            f"could not write {path} ({exc.strerror or exc}); the tables above are complete. "
+            f"Make room or make {os.path.dirname(path) or '.'} writable, then collect "
+            f"again.") from exc
+
+
+def results_file_name(args: argparse.Namespace) -> str:
+    """Upstream's file name for the chosen output style."""
+    if args.latex:
+        return "results.tex"
+    if args.markdown:
+        return "results.md"
+    return "results.txt"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Domain generalization testbed")
     parser.add_argument("--input_dir", required=True)
@@ -200,31 +255,39 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     style.add_argument("--latex", action="store_true")
     style.add_argument("--markdown", action="store_true",
                        help="GitHub markdown tables, written to results.md")
-    args = parser.parse_args(argv)
-    if not os.path.isdir(args.input_dir):
-        parser.error(f"--input_dir {args.input_dir!r} is not an existing directory")
-    return args
+    return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def collect(args: argparse.Namespace) -> None:
+    """Load, report, write; raises UserInputError for input that has no report to give."""
+    reporting.check_sweep_dir(args.input_dir)
+    log = reporting.SkipLog()
+    records = reporting.load_records(args.input_dir, log)
+    if not len(records) and log:
+        raise misc.UserInputError(
+            f"no usable record in {args.input_dir}: every results.jsonl line was skipped "
+            f"(listed above). Repair or delete those files, or rerun those runs.")
+    text = render_report(records, latex=args.latex, markdown=args.markdown)
+    print_text(text)
+    write_atomically(os.path.join(args.input_dir, results_file_name(args)), text)
+    if log:
+        print(log.summary(), file=sys.stderr)
+    elif not len(records):
+        print(f"note: no run in {args.input_dir} has written a record yet; each run writes "
+              f"results.jsonl at its first checkpoint (one that failed before then says why "
+              f"in its err.txt).", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     load_plugins()
-    if args.latex:
-        results_file = "results.tex"
-    elif args.markdown:
-        results_file = "results.md"
-    else:
-        results_file = "results.txt"
-    stdout = sys.stdout
-    tee = misc.Tee(os.path.join(args.input_dir, results_file), "w", stream=stdout)
-    sys.stdout = tee
     try:
-        records = reporting.load_records(args.input_dir)
-        print_report(records, latex=args.latex, markdown=args.markdown)
-    finally:
-        sys.stdout = stdout
-        tee.file.close()
+        collect(args)
+    except misc.UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
