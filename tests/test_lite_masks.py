@@ -38,8 +38,17 @@ def test_masks_differ_between_images_and_side_file_round_trips(tiny_lite):
                           np.round(a * 255).astype(np.uint8))
 
 
-def test_not_a_lite_path_is_a_clear_error(tmp_path, run_module):
+def test_not_a_lite_path_is_a_clear_error(tmp_path, run_main):
     with pytest.raises(lite_masks.NotALiteImage, match="not a Spawrious-Lite image path"):
         lite_masks.foreground_mask(str(tmp_path / "x.png"))
-    res = run_module("ex2l_domainbed.datasets.lite_masks", "--data_dir", str(tmp_path))
+    res = run_main(lite_masks.main, "--data_dir", str(tmp_path))
     assert res.returncode == 2 and "error:" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error:") and res.stdout == ""
+    assert not os.path.exists(os.path.join(tmp_path, lite_masks.MASKS_FILE))
+
+
+def test_python_m_exit_status(tmp_path, run_module):
+    """`python -m` as a whole: main's status 2 is the process's exit status."""
+    res = run_module("ex2l_domainbed.datasets.lite_masks", "--data_dir", str(tmp_path))
+    assert res.returncode == 2 and res.stderr.startswith("error:")
+    assert "Traceback" not in res.stderr

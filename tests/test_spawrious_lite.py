@@ -108,14 +108,18 @@ def test_existing_folders_are_checked(tmp_path, tiny_lite):
         spawrious_lite.generate(tiny_lite, size=32, per_cell=5)
 
 
-def test_generator_cli(tmp_path, run_module):
+def test_generator_cli(tmp_path, run_module, run_main):
+    # a whole `python -m` run: exit status 0 and the tree written
     ok = run_module("ex2l_domainbed.datasets.spawrious_lite", "--out", str(tmp_path),
                     "--size", "8", "--per_cell", "1")
     assert ok.returncode == 0, ok.stderr
     assert os.path.isdir(tmp_path / "spawrious224" / "1" / "beach" / "corgi")
-    bad = run_module("ex2l_domainbed.datasets.spawrious_lite", "--out", str(tmp_path),
-                     "--size", "8", "--per_cell", "2")
+    assert ok.stdout.strip() == str(tmp_path / "spawrious224")
+    before = tree_digest(str(tmp_path))
+    bad = run_main(spawrious_lite.main, "--out", str(tmp_path), "--size", "8", "--per_cell", "2")
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    assert "per_cell: found 1, asked 2" in bad.stderr and "Traceback" not in bad.stderr
+    assert tree_digest(str(tmp_path)) == before  # the existing tree is left as it was
 
 
 # --- the Lite datasets -------------------------------------------------------------------
@@ -200,12 +204,14 @@ def test_shipped_backbone_loads_and_matches_its_report():
     assert not torch.equal(scratch.blocks[0][0].weight, state["blocks.0.0.weight"])
 
 
-def test_train_runs_on_lite_and_logs_worst_group_accuracy(tiny_lite, tmp_path, run_module):
+def test_train_runs_on_lite_and_logs_worst_group_accuracy(tiny_lite, tmp_path, run_main):
+    from domainbed.scripts import train
+
     out = tmp_path / "run"
-    res = run_module("domainbed.scripts.train", "--dataset", "SpawriousLiteM2M_hard",
-                     "--algorithm", "ERM", "--test_envs", "0", "--data_dir", tiny_lite,
-                     "--output_dir", str(out), "--steps", "3", "--checkpoint_freq", "2",
-                     "--hparams", '{"batch_size": 4}')
+    res = run_main(train.main, "--dataset", "SpawriousLiteM2M_hard",
+                   "--algorithm", "ERM", "--test_envs", "0", "--data_dir", tiny_lite,
+                   "--output_dir", str(out), "--steps", "3", "--checkpoint_freq", "2",
+                   "--hparams", '{"batch_size": 4}')
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in open(out / "results.jsonl")]
     assert records[-1]["step"] == 2 and (out / "done").exists()

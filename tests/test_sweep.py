@@ -1,11 +1,15 @@
-"""Sweep: upstream's job hashing, command strings, states and launch/delete flow."""
+"""Sweep: upstream's job hashing, command strings, states and launch/delete flow.
+
+`sweep.main` runs in this process (`run_main`); one launch is a real `python -m` run that
+trains its job in a subprocess through the local launcher.
+"""
 import json
 import os
 
 import pytest
+from conftest import run_python_module
 
 from domainbed.scripts import sweep
-from conftest import run_python_module as run_module
 
 GOLDEN_TRAIN_ARGS = {
     "algorithm": "ERM", "data_dir": "/checkpoint/dlp/datasets_new", "dataset": "VLCS",
@@ -62,24 +66,25 @@ def test_single_and_fixed_test_envs():
                for a in fixed)
 
 
-def _sweep(tmp_path, command, *extra, env=None):
-    return run_module(
-        "domainbed.scripts.sweep", command, "--datasets", "Debug28", "--algorithms", "ERM",
-        "--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "sweep"),
-        "--skip_confirmation", *extra, env=env)
+def _sweep_args(tmp_path, command, *extra):
+    return (command, "--datasets", "Debug28", "--algorithms", "ERM",
+            "--data_dir", tmp_path / "data", "--output_dir", tmp_path / "sweep",
+            "--skip_confirmation", *extra)
 
 
-def test_dummy_launcher_end_to_end(tmp_path):
+def test_dummy_launcher_end_to_end(tmp_path, run_main):
+    def _sweep(command, *extra):
+        return run_main(sweep.main, *_sweep_args(tmp_path, command, *extra))
     args = ("--command_launcher", "dummy", "--n_hparams", "1", "--n_trials", "1")
-    first = _sweep(tmp_path, "launch", *args)
+    first = _sweep("launch", *args)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("Dummy launcher:") == 6
-    again = _sweep(tmp_path, "launch", *args)
+    again = _sweep("launch", *args)
     assert again.stdout.count("Dummy launcher:") == 0
     assert "6 jobs: 0 done, 6 incomplete, 0 not launched." in again.stdout
-    deleted = _sweep(tmp_path, "delete_incomplete", *args)
+    deleted = _sweep("delete_incomplete", *args)
     assert "Deleted 6 jobs!" in deleted.stdout
-    relaunched = _sweep(tmp_path, "launch", *args)
+    relaunched = _sweep("launch", *args)
     assert relaunched.stdout.count("Dummy launcher:") == 6
 
 
@@ -88,11 +93,15 @@ def _records(job_dir):
         return [json.loads(line) for line in f]
 
 
-def test_local_launcher_trains_and_relaunch_recovers_a_killed_job(tmp_path):
+def test_local_launcher_trains_and_relaunch_recovers_a_killed_job(tmp_path, run_main):
     args = ("--command_launcher", "local", "--n_hparams", "1", "--n_trials", "1",
             "--single_test_envs", "--test_envs", "0", "--steps", "2",
             "--hparams", '{"batch_size": 8}')
-    result = _sweep(tmp_path, "launch", *args)
+
+    def _sweep(command, *extra):  # in this process; the local launcher still spawns train
+        return run_main(sweep.main, *_sweep_args(tmp_path, command, *extra))
+    # the first launch is a whole `python -m` run: its exit status is the process's
+    result = run_python_module("domainbed.scripts.sweep", *_sweep_args(tmp_path, "launch", *args))
     assert result.returncode == 0, result.stderr
     (job_dir,) = [p for p in (tmp_path / "sweep").iterdir()]
     assert (job_dir / "done").read_text() == "done"
@@ -103,10 +112,10 @@ def test_local_launcher_trains_and_relaunch_recovers_a_killed_job(tmp_path):
     with open(job_dir / "results.jsonl") as f:
         first_line = f.readline()
     (job_dir / "results.jsonl").write_text(first_line + '{"step": 1, "env0_in')
-    status = _sweep(tmp_path, "launch", *args)
+    status = _sweep("launch", *args)
     assert "1 jobs: 0 done, 1 incomplete, 0 not launched." in status.stdout
-    assert _sweep(tmp_path, "delete_incomplete", *args).returncode == 0
-    assert _sweep(tmp_path, "launch", *args).returncode == 0
+    assert _sweep("delete_incomplete", *args).returncode == 0
+    assert _sweep("launch", *args).returncode == 0
     assert (job_dir / "done").exists()
     assert [r["step"] for r in _records(job_dir)] == [0, 1]
 
@@ -119,13 +128,13 @@ def test_local_launcher_trains_and_relaunch_recovers_a_killed_job(tmp_path):
     (("--test_envs", "3"), "--test_envs 3 is out of range for Debug28"),
     (("--command_launcher", "nope"), "Unknown --command_launcher 'nope'"),
 ])
-def test_bad_input_fails_before_creating_jobs(tmp_path, extra, needle):
+def test_bad_input_fails_before_creating_jobs(tmp_path, run_main, extra, needle):
     base = {"--datasets": "Debug28", "--algorithms": "ERM", "--command_launcher": "dummy"}
     base.update(dict(zip(extra[::2], extra[1::2])))
     flat = [x for kv in base.items() for x in kv]
-    result = run_module("domainbed.scripts.sweep", "launch", *flat, "--data_dir", "/tmp",
-                        "--output_dir", str(tmp_path / "sweep"), "--skip_confirmation")
-    assert result.returncode != 0
+    result = run_main(sweep.main, "launch", *flat, "--data_dir", "/tmp",
+                      "--output_dir", tmp_path / "sweep", "--skip_confirmation")
+    assert result.returncode == 2
     assert needle in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "sweep").exists()
@@ -156,11 +165,12 @@ def test_slurm_launcher_without_slurm_is_an_error(monkeypatch, tmp_path):
         command_launchers.slurm_launcher(["true"])
 
 
-def test_launcher_that_cannot_run_fails_before_creating_jobs(tmp_path):
-    result = run_module("domainbed.scripts.sweep", "launch", "--datasets", "Debug28",
-                        "--algorithms", "ERM", "--command_launcher", "multi_gpu",
-                        "--data_dir", "/tmp", "--output_dir", str(tmp_path / "sweep"),
-                        "--skip_confirmation", env={"CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode != 0
+def test_launcher_that_cannot_run_fails_before_creating_jobs(tmp_path, run_main, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    result = run_main(sweep.main, "launch", "--datasets", "Debug28",
+                      "--algorithms", "ERM", "--command_launcher", "multi_gpu",
+                      "--data_dir", "/tmp", "--output_dir", tmp_path / "sweep",
+                      "--skip_confirmation")
+    assert result.returncode == 2
     assert "multi_gpu launcher found no GPU" in result.stderr
     assert not (tmp_path / "sweep").exists()

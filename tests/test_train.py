@@ -1,10 +1,13 @@
 """End-to-end tests of `python -m domainbed.scripts.train` on the Debug datasets.
 
-Every run is a subprocess; they are all started together (two at a time) by one
-module fixture, and each test waits for the runs it reads.
+The runs that train are subprocesses (a whole `python -m` run: exit status, console,
+files); they are all started together (two at a time) by one module fixture, and each
+test waits for the runs it reads. Bad input is checked by calling `train.main(argv)` in
+this process (`run_main`): the same exit status and message, without an interpreter start.
 """
 import json
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,8 +28,8 @@ ENV_ACC_KEYS = {f"env{i}_{s}_acc" for i in range(3) for s in ("in", "out")}
 CHECKPOINT_KEYS = {"args", "model_input_shape", "model_num_classes", "model_num_domains",
                    "model_hparams", "model_dict"}
 
-# name -> train arguments for one run each (its own --output_dir); all but the last
-# are bad input
+# name -> train arguments for one in-process run each (its own --output_dir); all but
+# the last are bad input
 BAD_INPUTS = {
     "unknown_algorithm": ["--dataset", "Debug28", "--algorithm", "GroupDR0", *FAST],
     "unknown_dataset": ["--dataset", "Debug29", *FAST],
@@ -53,28 +56,30 @@ def _train(out_dir, *args):
     return run_python_module(TRAIN, "--output_dir", out_dir, *args, cwd=out_dir.parent)
 
 
+def _snapshot(out_dir):
+    """The folder's files (name -> bytes); {} when there is no folder."""
+    return ({p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()}
+            if out_dir.is_dir() else {})
+
+
 def _train_in_sequence(out_dir, *arg_lists):
     """Run train several times into one folder; after each run snapshot the folder's files."""
     results, snapshots = [], []
     for args in arg_lists:
         results.append(_train(out_dir, *args))
-        snapshots.append({p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()}
-                         if out_dir.is_dir() else {})
+        snapshots.append(_snapshot(out_dir))
     return results, snapshots
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_runs")
-    (root / "a_file").write_text("keep me")
     jobs = {
-        # first, as the longest: a run, a relaunch with other seeds, then a relaunch
-        # that fails on bad input
+        # first, as the longest: a run, then a relaunch with other seeds
         "relaunch": (_train_in_sequence, root / "relaunch",
                      ["--dataset", "Debug28", *FAST, "--skip_model_save", "--seed", "0"],
                      ["--dataset", "Debug28", *FAST, "--skip_model_save", "--seed", "1",
-                      "--hparams_seed", "1"],
-                     ["--dataset", "Debug28", "--steps", "3", "--skip_model_save"]),
+                      "--hparams_seed", "1"]),
         "erm": (_train, root / "erm", "--dataset", "Debug28", *FAST,
                 "--save_model_every_checkpoint"),
         "erm_again": (_train, root / "erm_again", "--dataset", "Debug28", *FAST,
@@ -82,9 +87,6 @@ def runs(tmp_path_factory):
         "attr_groupdro": (_train, root / "attr_groupdro", "--dataset", "DebugAttr28",
                           "--algorithm", "GroupDRO", *FAST),
     }
-    for name, args in BAD_INPUTS.items():
-        out_dir = root / "a_file" if name == "output_dir_is_file" else root / name
-        jobs[name] = (_train, out_dir, *args)
     pool = ThreadPoolExecutor(max_workers=2)
     futures = {name: pool.submit(fn, out_dir, *args)
                for name, (fn, out_dir, *args) in jobs.items()}
@@ -161,7 +163,7 @@ def test_done_and_console_output(runs):
 def test_model_pkl_has_upstream_keys_and_reloads(runs):
     result, out_dir = runs["erm"]
     _ok(result)
-    saved = torch.load(out_dir / "model.pkl", weights_only=False)
+    saved = torch.load(out_dir / "model.pkl", weights_only=True)
     assert set(saved) == CHECKPOINT_KEYS
     assert tuple(saved["model_input_shape"]) == (3, 28, 28)
     assert saved["model_num_classes"] == 2
@@ -177,7 +179,7 @@ def test_model_pkl_has_upstream_keys_and_reloads(runs):
     # --save_model_every_checkpoint: one file per checkpoint, same layout
     assert sorted(p.name for p in out_dir.glob("model_step*.pkl")) == [
         "model_step0.pkl", "model_step1.pkl", "model_step2.pkl"]
-    step1 = torch.load(out_dir / "model_step1.pkl", weights_only=False)
+    step1 = torch.load(out_dir / "model_step1.pkl", weights_only=True)
     assert set(step1) == CHECKPOINT_KEYS
     assert not all(torch.equal(v, saved["model_dict"][k]) for k, v in step1["model_dict"].items())
 
@@ -197,7 +199,7 @@ def test_same_seeds_give_identical_results(runs):
 
 
 def test_relaunch_sets_previous_records_aside(runs):
-    ((first, second, _), snapshots), _ = runs["relaunch"]
+    ((first, second), snapshots), _ = runs["relaunch"]
     _ok(first)
     _ok(second)
     files = snapshots[1]  # the folder right after the second run
@@ -213,7 +215,7 @@ def test_relaunch_sets_previous_records_aside(runs):
 
 
 def test_hparams_seed_gives_upstreams_random_hparams(runs):
-    ((_, second, _), snapshots), _ = runs["relaunch"]
+    ((_, second), snapshots), _ = runs["relaunch"]
     _ok(second)
     record = json.loads(snapshots[1]["results.jsonl"].decode().splitlines()[0])
     expected = hparams_registry.random_hparams("ERM", "Debug28", 785910682)  # seed_hash(1, 0)
@@ -222,12 +224,19 @@ def test_hparams_seed_gives_upstreams_random_hparams(runs):
     assert record["hparams"]["lr"] == 0.00011906162909279594  # reference 2.2 golden value
 
 
-def test_failed_relaunch_leaves_finished_run_intact(runs):
+def test_failed_relaunch_leaves_finished_run_intact(runs, run_main, tmp_path):
     """Bad input found on relaunch must not delete `done` or move the finished records aside."""
-    ((_, second, third), snapshots), _ = runs["relaunch"]
+    ((_, second), snapshots), relaunch_dir = runs["relaunch"]
     _ok(second)
-    _one_error_line(third)
-    before, after = snapshots[1], snapshots[2]
+    out_dir = tmp_path / "relaunch"
+    shutil.copytree(relaunch_dir, out_dir)  # the finished run, as the second launch left it
+    before = _snapshot(out_dir)
+    assert before == snapshots[1]
+    # the default batch size (64) exceeds Debug28's splits: found only after loading data
+    third = run_main(train.main, "--output_dir", out_dir, "--dataset", "Debug28",
+                     "--steps", "3", "--skip_model_save")
+    assert "batch_size 64" in _one_error_line(third)
+    after = _snapshot(out_dir)
     assert after.get("done") == b"done"
     assert after.get("results.jsonl") == before["results.jsonl"]
     assert "results.jsonl.previous2" not in after
@@ -263,7 +272,7 @@ def test_attribute_dataset_adds_group_keys_and_no_fake_env_keys(runs):
 def test_groupdro_model_pkl_reloads_into_fresh_instance(runs):
     result, out_dir = runs["attr_groupdro"]
     _ok(result)
-    saved = torch.load(out_dir / "model.pkl", weights_only=False)
+    saved = torch.load(out_dir / "model.pkl", weights_only=True)
     assert set(saved) == CHECKPOINT_KEYS
     assert saved["model_dict"]["q"].shape == (2,)
     fresh = algorithms.GroupDRO(saved["model_input_shape"], saved["model_num_classes"],
@@ -274,6 +283,16 @@ def test_groupdro_model_pkl_reloads_into_fresh_instance(runs):
 
 
 # --------------------------------------------------------------------------- bad input
+
+def _train_bad_input(run_main, tmp_path, name):
+    """Run `train.main` in this process on BAD_INPUTS[name]; return (result, output_dir)."""
+    if name == "output_dir_is_file":
+        out_dir = tmp_path / "a_file"
+        out_dir.write_text("keep me")
+    else:
+        out_dir = tmp_path / name
+    return run_main(train.main, "--output_dir", out_dir, *BAD_INPUTS[name]), out_dir
+
 
 def _one_error_line(result):
     assert result.returncode != 0
@@ -294,8 +313,9 @@ def _one_error_line(result):
     ("zero_steps", ["--steps", "0"]),
     ("default_batch_too_big", ["environment 1", "13", "64"]),
 ])
-def test_bad_input_one_line_error_no_done(runs, name, needles):
-    result, out_dir = runs[name]
+def test_bad_input_one_line_error_no_done(run_main, tmp_path, name, needles):
+    result, out_dir = _train_bad_input(run_main, tmp_path, name)
+    assert result.returncode == 2  # bad input
     message = _one_error_line(result)
     for needle in needles:
         assert needle in message, (needle, message)
@@ -306,8 +326,9 @@ def test_bad_input_one_line_error_no_done(runs, name, needles):
         assert not (out_dir / "model.pkl").exists()
 
 
-def test_nan_loss_stops_with_the_step_and_no_done(runs):
-    result, out_dir = runs["nan_loss"]
+def test_nan_loss_stops_with_the_step_and_no_done(run_main, tmp_path):
+    result, out_dir = _train_bad_input(run_main, tmp_path, "nan_loss")
+    assert result.returncode == 1  # a diverged run, not bad input (2)
     message = _one_error_line(result)
     assert re.search(r"\bnan\b", message, re.IGNORECASE)
     match = re.search(r"step (\d+)", message)
@@ -326,17 +347,18 @@ def test_nan_loss_stops_with_the_step_and_no_done(runs):
     ("uda_split_too_small", ["2", "8"]),
     ("uda_fraction_out_of_range", ["--uda_holdout_fraction", "2"]),
 ])
-def test_bad_domain_adaptation_input_one_line_error(runs, name, needles):
-    result, out_dir = runs[name]
+def test_bad_domain_adaptation_input_one_line_error(run_main, tmp_path, name, needles):
+    result, out_dir = _train_bad_input(run_main, tmp_path, name)
+    assert result.returncode == 2  # bad input
     message = _one_error_line(result)
     for needle in needles:
         assert needle in message, (needle, message)
     assert not (out_dir / "done").exists()
 
 
-def test_holdout_fraction_zero_runs_or_is_refused_cleanly(runs):
+def test_holdout_fraction_zero_runs_or_is_refused_cleanly(run_main, tmp_path):
     """--holdout_fraction 0 passes the argument checks, so it must either train or be one error line."""
-    result, out_dir = runs["holdout_zero"]
+    result, out_dir = _train_bad_input(run_main, tmp_path, "holdout_zero")
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     if result.returncode == 0:
         assert (out_dir / "done").read_text() == "done"
