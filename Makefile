@@ -4,15 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo clean
+.PHONY: test lint demo clean
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py packaging/metadata.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# ruff's rules and why: ruff.toml. The tests run only on a tree that passes it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 # The demo: generate Spawrious-Lite M2M-Hard (cached in $(DEMO_DATA)), sweep ERM, GroupDRO and

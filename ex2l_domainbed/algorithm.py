@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from domainbed import networks
 from domainbed.algorithms import Algorithm
 from ex2l_domainbed import gradcam as gradcam_lib
-from ex2l_domainbed.gradcam import overlap as overlap_lib
 from ex2l_domainbed.feature_maps import split_featurizer
+from ex2l_domainbed.gradcam import overlap as overlap_lib
 from ex2l_domainbed.nuisance import nuisance_labels
 
 try:  # this harness reports bad input as one line; upstream DomainBed has no such class

@@ -231,5 +231,5 @@ def test_upstream_style_setattr_plugin_resolves(restore_algorithms):
     class Plain(algorithms.ERM):
         pass
 
-    setattr(algorithms, "PlainPlugin", Plain)
+    algorithms.PlainPlugin = Plain
     assert algorithms.get_algorithm_class("PlainPlugin") is Plain

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-
 from conftest import run_python_module
+
 from domainbed.scripts import download
 from domainbed.scripts.download import DownloadError
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ex2l_domainbed.gradcam import gradcam, overlap as overlap_lib
+from ex2l_domainbed.gradcam import gradcam
+from ex2l_domainbed.gradcam import overlap as overlap_lib
 from ex2l_domainbed.gradcam.api import closed_form_problem
 
 torch.set_num_threads(1)

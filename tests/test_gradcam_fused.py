@@ -46,7 +46,8 @@ def _assert_matches(got, want, rtol):
         assert x.dtype == y.dtype and x.shape == y.shape, name
         assert torch.isfinite(x).all(), name
         atol = rtol * max(1.0, y.abs().max().item())
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("measure", fused.FUSED_MEASURES)

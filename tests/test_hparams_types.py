@@ -5,7 +5,7 @@ import json
 import pytest
 
 from domainbed import hparams_registry
-from domainbed.hparams_registry import HparamSpec, HparamsError
+from domainbed.hparams_registry import HparamsError, HparamSpec
 from domainbed.plugins import load_plugins
 from domainbed.scripts import sweep, train
 

@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from upstream_standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]

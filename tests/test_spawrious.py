@@ -1,16 +1,23 @@
 """Tests for ex2l_domainbed.datasets.spawrious on a generated miniature of the real tree."""
 import collections
+import dataclasses
 import itertools
 import os
 import shutil
 
 import pytest
 import torch
+from spawrious_fixture import (
+    FIXTURE_CLASSES,
+    FIXTURE_LOCATIONS,
+    colour,
+    decode_colour,
+    make_spawrious_tree,
+    png_bytes,
+)
 
 from domainbed.lib.misc import UserInputError
 from ex2l_domainbed.datasets import spawrious as sp
-from spawrious_fixture import (FIXTURE_CLASSES, FIXTURE_LOCATIONS, colour, decode_colour,
-                               make_spawrious_tree, png_bytes)
 
 torch.set_num_threads(1)
 
@@ -179,7 +186,7 @@ def test_arithmetic_at_full_size():
 def test_cells_are_typed_and_frozen():
     cell = sp.challenge_cells("m2m_hard", 3168)[1][0]
     assert cell == sp.Cell("0", "dirt", "bulldog", 3168)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cell.limit = 1
     assert sp.CHALLENGES["o2o_easy"] == sp.Challenge(
         "o2o", ("desert", "jungle", "dirt", "snow"), ("dirt", "snow", "desert", "jungle"), "beach")

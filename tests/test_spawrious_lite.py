@@ -188,7 +188,6 @@ def test_lite_hparams_fix_the_calibration():
 
 def test_shipped_backbone_loads_and_matches_its_report():
     from domainbed import networks
-
     from ex2l_domainbed.backbones import LiteCNN
     from ex2l_domainbed.datasets.lite_backbone import weights_digest
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-
 from conftest import run_python_module
+
 from domainbed import algorithms, hparams_registry
 from domainbed.lib import misc
 from domainbed.scripts import train

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from upstream_standin import standin_env, write_standin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,10 +251,10 @@ def test_sweep_wrapper_with_this_harness(tmp_path):
         cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("Dummy launcher:")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("Dummy launcher:")]
     assert len(lines) == 3
-    assert all("-m ex2l_domainbed.upstream.train " in l and "--algorithm EX2L" in l
-               for l in lines), lines
+    assert all("-m ex2l_domainbed.upstream.train " in line and "--algorithm EX2L" in line
+               for line in lines), lines
 
 
 def test_train_wrapper_with_this_harness(tmp_path):

@@ -29,7 +29,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ex2l_domainbed.gradcam import fused, overlap as overlap_lib
+from ex2l_domainbed.gradcam import fused
+from ex2l_domainbed.gradcam import overlap as overlap_lib
 from ex2l_domainbed.gradcam.heads import couples_samples, is_pointwise_identity
 from ex2l_domainbed.gradcam.scores import check_score, score_cotangent, score_values
 

@@ -122,7 +122,6 @@ def register_upstream() -> None:
     """Register EX2L and its hparams into the imported upstream `domainbed` (idempotent)."""
     from domainbed import algorithms, hparams_registry
     from domainbed.lib import misc
-
     from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
 
     setattr(algorithms, ALGORITHM_NAME, EX2L)
