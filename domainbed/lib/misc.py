@@ -6,7 +6,7 @@ import hashlib
 import os
 import sys
 from collections import Counter, defaultdict
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,17 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     hint = f" Did you mean '{close}'?" if close else ""
     return (f"{kind} not found: {name}.{hint} Known {kind.lower()}s: {', '.join(known)}. "
             f"A plugin's {kind.lower()}s appear once its package is installed.")
+
+
+def exit_status(action: Callable[[], Any]) -> int:
+    """Run a script's work: 0 when it finishes, 2 with one `error:` line on stderr when the
+    user's input is at fault (a UserInputError), so no traceback reaches the user."""
+    try:
+        action()
+    except UserInputError as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def user_message(exc: BaseException) -> str:

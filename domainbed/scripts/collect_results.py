@@ -281,12 +281,7 @@ def collect(args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     load_plugins()
-    try:
-        collect(args)
-    except misc.UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return misc.exit_status(lambda: collect(args))
 
 
 if __name__ == "__main__":

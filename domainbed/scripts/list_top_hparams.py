@@ -143,12 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--test_env", type=int, required=True)
     args = parser.parse_args(argv)
     load_plugins()
-    try:
-        list_top_hparams(args)
-    except misc.UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return misc.exit_status(lambda: list_top_hparams(args))
 
 
 if __name__ == "__main__":
