@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_list_top_hparams import write_sweep
 
 from domainbed.plugins import load_plugins
-from domainbed.scripts import sweep, train
+from domainbed.scripts import collect_results, download, list_top_hparams, sweep, train
 
 load_plugins()
 
@@ -36,6 +37,23 @@ def _hp(**overrides) -> str:
 def _below_a_file(tmp: Path) -> list[str]:
     (tmp / "file").write_text("keep me")
     return ["--output_dir", str(tmp / "file" / "sub")]
+
+
+def _folder(tmp: Path, name: str) -> Path:
+    (tmp / name).mkdir()
+    return tmp / name
+
+
+def _run_folder(tmp: Path) -> Path:
+    run = _folder(tmp, "run_abc")
+    (run / "results.jsonl").write_text("{}\n")
+    return run
+
+
+def _top(tmp: Path, algorithm: str, test_env: str) -> list[str]:
+    write_sweep(_folder(tmp, "sweep"))
+    return ["--input_dir", str(tmp / "sweep"), "--dataset", "Debug28", "--algorithm", algorithm,
+            "--test_env", test_env]
 
 
 # id -> (main, argv(tmp), exit status, phrases)
@@ -94,6 +112,22 @@ CATALOGUE = {
                                       ["is below the file"]),
     "sweep/unknown launcher": (sweep.main, lambda t: _sweep(t, "--command_launcher", "nope"), 2,
                                ["Unknown --command_launcher 'nope'"]),
+    # --- the collector and list_top_hparams (more in test_collect_robust.py)
+    "collect/empty folder": (collect_results.main, lambda t: [
+        "--input_dir", str(_folder(t, "empty"))], 2, ["holds no run folders",
+                                                       "Pass the sweep's --output_dir"]),
+    "collect/a run folder": (collect_results.main, lambda t: [
+        "--input_dir", str(_run_folder(t))], 2, ["is a single run", "pass its parent"]),
+    "collect/missing folder": (collect_results.main, lambda t: ["--input_dir", str(t / "nope")],
+                               2, ["does not exist"]),
+    "top/misspelled algorithm": (list_top_hparams.main, lambda t: _top(t, "ERMM", "0"), 2,
+                                 ["Algorithm not found: ERMM", "Did you mean 'ERM'"]),
+    "top/test env out of range": (list_top_hparams.main, lambda t: _top(t, "ERM", "7"), 2,
+                                  ["--test_env 7 is out of range"]),
+    # --- the download (more in test_download_errors.py)
+    "download/not a URL": (download.main, lambda t: [
+        "--dataset", "spawrious", "--data_dir", str(t / "data"), "--url", "notaurl"], 2,
+        ["--url 'notaurl' is not a valid download URL"]),
 }
 
 
