@@ -108,8 +108,8 @@ def validate_args(args: argparse.Namespace):
     misc.check_distinct_test_envs(args.test_envs)
     if args.data_dir is None and getattr(dataset_class, "NEEDS_DATA_DIR", True):
         raise misc.UserInputError(
-            f"{args.dataset} needs --data_dir (the folder with its data; Spawrious-Lite is "
-            "generated there on first use), e.g. --data_dir data/spawrious_lite.")
+            f"{args.dataset} needs --data_dir: the folder that holds its data (or, for a "
+            "dataset generated on first use, will hold it), e.g. --data_dir data/NAME.")
     for env in args.test_envs:
         if not 0 <= env < n_envs:
             raise misc.UserInputError(
