@@ -38,4 +38,4 @@ demo: $(STAMP)
 		--out demo/gradcam.png
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info packaging/plugin/build packaging/plugin/*.egg-info

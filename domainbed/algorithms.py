@@ -13,6 +13,7 @@ import pickle
 import re
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,6 +62,13 @@ def attribute_kwargs(algorithm_class: type, dataset) -> dict[str, Any]:
     return {}
 
 
+# Checkpoints written before hparams were made plain Python values held numpy scalars (a random
+# `resnet_dropout`); rebuilding a numpy scalar runs no other code, so those load too.
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # renamed in numpy 2
+NUMPY_SCALARS = [np.dtype, _NUMPY_CORE.multiarray.scalar] + [
+    getattr(np.dtypes, name) for name in ("Float64DType", "Int64DType", "BoolDType")]
+
+
 class UnsafeCheckpoint(misc.UserInputError):
     """A checkpoint file that holds pickled Python objects (which could run code when loaded)."""
 
@@ -72,7 +80,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         raise misc.UserInputError(f"no checkpoint at {path}: train with the default (no "
                                   "--skip_model_save) to write model.pkl.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SCALARS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if refused is None:  # not a pickle stream torch can read at all
@@ -92,11 +101,17 @@ def from_checkpoint(save_dict: dict[str, Any]) -> "Algorithm":
     """Rebuild the algorithm saved in a `model.pkl` dict (as train.py writes it) and load it."""
     from domainbed.plugins import load_plugins
     load_plugins()  # a plugin's algorithm resolves only once its plugin has registered
-    cls = get_algorithm_class(save_dict["args"]["algorithm"])
+    from domainbed import hparams_registry
+    args = save_dict["args"]
+    cls = get_algorithm_class(args["algorithm"])
+    # A checkpoint from an earlier version lacks hparams added since (e.g. `featurizer`):
+    # they take their defaults, which is what that version did.
+    hparams = {**hparams_registry.default_hparams(args["algorithm"], args["dataset"]),
+               **save_dict["model_hparams"]}
     extra = {"num_attributes": save_dict["model_num_attributes"]} \
         if "model_num_attributes" in save_dict else {}
     algorithm = cls(save_dict["model_input_shape"], save_dict["model_num_classes"],
-                    save_dict["model_num_domains"], save_dict["model_hparams"], **extra)
+                    save_dict["model_num_domains"], hparams, **extra)
     algorithm.load_state_dict(save_dict["model_dict"])
     return algorithm
 

@@ -12,6 +12,8 @@ instead of silently running another experiment.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -42,7 +44,7 @@ Choices = Union[Sequence[Any], Callable[[], Sequence[Any]]]  # a callable: known
 class HparamSpec:
     """What values an hparam takes: its type, and an inclusive range or a set of choices."""
 
-    kind: type
+    kind: Optional[type]  # bool, int, float or str; None: any value (a None or list default)
     low: Optional[float] = None
     high: Optional[float] = None
     choices: Optional[Choices] = None
@@ -50,6 +52,8 @@ class HparamSpec:
     def problem(self, value: Any) -> Optional[str]:
         """Why `value` does not fit, or None. bool is not a number here (JSON true is not 1),
         an int is a float, a float is not an int."""
+        if self.kind is None:
+            return None
         if self.kind is bool:
             fits = isinstance(value, bool)
         elif self.kind is int:
@@ -59,8 +63,8 @@ class HparamSpec:
         else:
             fits = isinstance(value, self.kind)
         if not fits:
-            return f"must be {_KIND_NAMES.get(self.kind, self.kind.__name__)}"
-        if self.kind is float and not np.isfinite(value):
+            return f"must be {_KIND_NAMES[self.kind]}"
+        if self.kind is float and not _finite(value):
             return "must be a finite number"
         if self.low is not None and value < self.low:
             return f"must be >= {self.low}" + (f" and <= {self.high}" if self.high is not None
@@ -75,6 +79,36 @@ class HparamSpec:
 
 
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def kind_of(default: Any, random_value: Any) -> Optional[type]:
+    """An hparam's type, from its default and one random draw: an int default whose search
+    draws floats (upstream's ANDMask `tau`) is a float; None, lists and dicts are unchecked."""
+    values = (default, random_value)
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return bool
+    if any(isinstance(v, (bool, np.bool_)) for v in values):
+        return None
+    if all(isinstance(v, numbers.Integral) for v in values):
+        return int
+    if all(isinstance(v, numbers.Real) for v in values):
+        return float
+    if all(isinstance(v, str) for v in values):
+        return str
+    return None
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (JSON and safe checkpoint loading want
+    those; `r.choice` returns numpy scalars)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def register_hparams_hook(hook: HparamsHook) -> None:
@@ -111,11 +145,17 @@ def _definitions(algorithm: str, dataset: str, random_seed: int
         if not replace:
             assert name not in hparams, f"hparam '{name}' defined twice"
         random_state = np.random.RandomState(misc.seed_hash(random_seed, name))
-        spec = HparamSpec(type(default_val), low, high, choices)
+        default_val, random_val = plain(default_val), plain(random_val_fn(random_state))
+        if replace and name in hparams:  # a replaced value keeps the range it had
+            old = hparams[name][2]
+            low = old.low if low is None else low
+            high = old.high if high is None else high
+            choices = old.choices if choices is None else choices
+        spec = HparamSpec(kind_of(default_val, random_val), low, high, choices)
         # (choices may depend on what plugins registered, so defaults meet type and range)
         assert HparamSpec(spec.kind, low, high).problem(default_val) is None, \
             f"hparam '{name}': default {default_val!r} outside its own range"
-        hparams[name] = (default_val, random_val_fn(random_state), spec)
+        hparams[name] = (default_val, random_val, spec)
 
     # Shared by all algorithms (upstream's classic set, plus our backbone switches).
     _hparam("data_augmentation", True, lambda r: True)
@@ -205,7 +245,8 @@ def apply_overrides(hparams: dict[str, Any], overrides: dict[str, Any],
         if problem:
             where = f" for {algorithm} on {dataset}"
             raise HparamsError(
-                f"hparam {key}={value!r} in --hparams{where} {problem} (default "
-                f"{hparams[key]!r}). Pass e.g. --hparams '{{\"{key}\": {json.dumps(hparams[key])}}}'.")
+                f"hparam {key}={value!r} in --hparams{where} {problem} (without --hparams it "
+                f"would be {hparams[key]!r}). Pass e.g. --hparams "
+                f"'{{\"{key}\": {json.dumps(hparams[key])}}}'.")
     hparams.update(overrides)
     return hparams

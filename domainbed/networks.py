@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from domainbed.lib.misc import UnknownNameError, unknown_name_message
+from domainbed.lib.misc import UnknownNameError, UserInputError, unknown_name_message
 from domainbed.plugins import ensure_loaded
 
 Shape = Sequence[int]
@@ -47,6 +47,10 @@ def register_featurizer(name: str) -> Callable[[FeaturizerBuilder], FeaturizerBu
         FEATURIZERS[name] = builder
         return builder
     return add
+
+
+class NoFeaturizerForShape(UserInputError, NotImplementedError):
+    """No backbone is named and upstream's shape rules cover none for this input shape."""
 
 
 def get_featurizer_class(name: str) -> FeaturizerBuilder:
@@ -283,8 +287,15 @@ def Classifier(in_features: int, out_features: int, is_nonlinear: bool = False) 
     return nn.Linear(in_features, out_features)
 
 
+# Upstream defines the MLP's hparams only for DANN and CDANN; elsewhere these are its defaults.
+MLP_DEFAULTS = {"mlp_width": 256, "mlp_depth": 3, "mlp_dropout": 0.0}
+
+
 @register_featurizer("mlp")
 def _mlp_featurizer(input_shape: Shape, hparams: Mapping[str, Any]) -> nn.Module:
+    if len(input_shape) != 1:
+        raise NoFeaturizerForShape(f"featurizer mlp takes vectors (D,), not {tuple(input_shape)}.")
+    hparams = {**MLP_DEFAULTS, **hparams}
     return MLP(input_shape[0], hparams["mlp_width"], hparams)
 
 
@@ -298,7 +309,7 @@ def featurizer_for_shape(input_shape: Shape) -> str:
     if len(shape) == 3 and shape[1:3] == (224, 224):
         return "resnet"
     ensure_loaded()  # so the message lists the plugins' backbones too
-    raise NotImplementedError(
+    raise NoFeaturizerForShape(
         f"No featurizer for input shape {shape} by upstream's shape rules ((D,) -> mlp, "
         f"(C, 28, 28) -> mnist_cnn, (C, 224, 224) -> resnet). Name one: set the dataset's "
         f"FEATURIZER, or pass --hparams '{{\"featurizer\": \"NAME\"}}' with NAME one of "

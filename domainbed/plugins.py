@@ -71,6 +71,44 @@ class PluginNames(list):
         ensure_loaded()
         return super().__eq__(other)
 
+    def __ne__(self, other: object) -> bool:
+        ensure_loaded()
+        return super().__ne__(other)
+
+    def __lt__(self, other: list) -> bool:
+        ensure_loaded()
+        return super().__lt__(other)
+
+    def __le__(self, other: list) -> bool:
+        ensure_loaded()
+        return super().__le__(other)
+
+    def __gt__(self, other: list) -> bool:
+        ensure_loaded()
+        return super().__gt__(other)
+
+    def __ge__(self, other: list) -> bool:
+        ensure_loaded()
+        return super().__ge__(other)
+
+    def __add__(self, other: list) -> list:
+        ensure_loaded()
+        return super().__add__(other)
+
+    def __radd__(self, other: list) -> list:
+        ensure_loaded()
+        return list(other) + list(super().__iter__())
+
+    def __mul__(self, n: int) -> list:
+        ensure_loaded()
+        return super().__mul__(n)
+
+    __rmul__ = __mul__
+
+    def __reversed__(self):
+        ensure_loaded()
+        return super().__reversed__()
+
     __hash__ = None  # a list is unhashable; defining __eq__ must not change that
 
     def __repr__(self) -> str:

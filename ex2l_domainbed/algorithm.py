@@ -130,7 +130,9 @@ class EX2L(Algorithm):
         """Refuse unknown categorical values and negative weights before any work is done
         (also inside upstream DomainBed, whose registry checks no values)."""
         for name, spec in declared_values().items():
-            value, valid = hparams.get(name), spec.get("choices")
+            if name not in hparams:  # an older checkpoint's hparams: the default applies
+                continue
+            value, valid = hparams[name], spec.get("choices")
             if valid is not None and value not in valid:
                 raise EX2LHparamError(
                     f"hparam {name}={value!r} is not one of {', '.join(valid)}. "

@@ -1,17 +1,16 @@
 """What both distributions built from this repo share: version, requirements, entry point.
 
 `setup.py` (the full distribution: this project's harness `domainbed` and the plugin) and
-`packaging/plugin/setup.py` (the plugin alone, for an upstream DomainBed checkout) read it.
+`packaging/plugin/setup.py` (the plugin alone, for an upstream DomainBed checkout; it reads
+this file through a link beside it) read it, and both sdists ship it (MANIFEST.in).
 """
 import os
 import re
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
-
-def version() -> str:
-    with open(os.path.join(ROOT, "ex2l_domainbed", "__init__.py")) as f:
+def version(package_dir: str) -> str:
+    """`__version__` of the `ex2l_domainbed` package at `package_dir`."""
+    with open(os.path.join(package_dir, "__init__.py")) as f:
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 

@@ -188,10 +188,20 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path, run_main):
     run = tmp_path / "sweep" / "run"
     run.mkdir(parents=True)
     out = tmp_path / "train"
-    assert run_main(train.main, "--dataset", "Debug28", "--algorithm", "ERM", "--steps", "1",
-                    "--hparams", _hp(batch_size=8), "--output_dir", out).returncode == 0
-    good = algorithms.load_checkpoint(str(out / "model.pkl"))  # what train.py writes loads
+    assert run_main(train.main, "--dataset", "Debug28", "--algorithm", "EX2L", "--steps", "1",
+                    "--hparams_seed", "1", "--hparams", _hp(batch_size=8),
+                    "--output_dir", out).returncode == 0
+    good = algorithms.load_checkpoint(str(out / "model.pkl"))  # what train.py writes loads,
     assert algorithms.from_checkpoint(good).predict(torch.zeros(1, 3, 28, 28)).shape == (1, 2)
+    # ... and so does one from the previous version: a numpy scalar among the random hparams,
+    # and no ex2l_penalty_path or featurizer (they take their defaults)
+    import numpy as np
+    old = {**good, "model_hparams": {k: v for k, v in good["model_hparams"].items()
+                                     if k not in ("ex2l_penalty_path", "featurizer")}}
+    old["model_hparams"]["resnet_dropout"] = np.float64(old["model_hparams"]["resnet_dropout"])
+    torch.save(old, tmp_path / "old.pkl")
+    rebuilt = algorithms.from_checkpoint(algorithms.load_checkpoint(str(tmp_path / "old.pkl")))
+    assert rebuilt.hparams["ex2l_penalty_path"] == "both"
     marker = tmp_path / "code_ran"
     torch.save({**good, "args": {**good["args"], "note": _Payload(str(marker))}},
                run / "model.pkl")

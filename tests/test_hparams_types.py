@@ -85,6 +85,37 @@ def test_spec_rules():
     assert HparamSpec(str, choices=lambda: ["a", "b"]).problem("c") == "must be one of a, b"
 
 
+def test_types_follow_what_the_search_draws(clean_registry_hooks):
+    """An int default with a float search is a float (upstream's ANDMask tau); None and
+    list defaults are not type-checked; numpy draws are stored as Python numbers."""
+    def hook(algorithm, dataset, define):
+        define("toy_tau", 1, lambda r: r.uniform(0.5, 1.0))
+        define("toy_none", None, lambda r: None)
+        define("toy_list", [1, 2], lambda r: [1, 2])
+        define("toy_choice", 0.0, lambda r: r.choice([0.0, 0.5]))
+    hparams_registry.register_hparams_hook(hook)
+    hp = hparams_registry.default_hparams("ERM", "Debug28")
+    hparams_registry.apply_overrides(hp, {"toy_tau": 0.7, "toy_none": "x", "toy_list": [3]},
+                                     "ERM", "Debug28")
+    assert type(hparams_registry.random_hparams("ERM", "Debug28", 3)["toy_choice"]) is float
+    with pytest.raises(HparamsError, match="toy_tau='a' .* must be a number"):
+        hparams_registry.apply_overrides(hp, {"toy_tau": "a"}, "ERM", "Debug28")
+
+
+def test_a_replaced_hparam_keeps_its_range():
+    """Lite replaces lr and batch_size with its own values; their ranges stay."""
+    hp = hparams_registry.default_hparams("ERM", "SpawriousLiteM2M_hard")
+    for bad in ({"lr": -1}, {"batch_size": 0}, {"weight_decay": -5.0}):
+        with pytest.raises(HparamsError, match="must be >="):
+            hparams_registry.apply_overrides(dict(hp), bad, "ERM", "SpawriousLiteM2M_hard")
+
+
+def test_an_int_too_large_for_a_float_is_refused():
+    hp = hparams_registry.default_hparams("ERM", "Debug28")
+    with pytest.raises(HparamsError, match="must be a finite number"):
+        hparams_registry.apply_overrides(hp, {"lr": 10 ** 400}, "ERM", "Debug28")
+
+
 def test_a_plugin_declares_its_own(clean_registry_hooks):
     def hook(algorithm, dataset, define):
         define("toy_depth", 2, lambda r: 3, low=1, high=4)

@@ -58,6 +58,19 @@ def test_featurizer_dispatch_shapes(input_shape, hparams, cls, n_out, map_shape)
     assert torch.allclose(z, A.mean(dim=(2, 3)), atol=1e-5, rtol=0)
 
 
+def test_mlp_by_shape_without_upstreams_dann_hparams():
+    f = networks.Featurizer((5,), {})
+    assert isinstance(f, networks.MLP) and f.n_outputs == networks.MLP_DEFAULTS["mlp_width"]
+    with pytest.raises(networks.UserInputError, match="vectors"):
+        networks.Featurizer((3, 28, 28), {"featurizer": "mlp"})
+
+
+def test_no_featurizer_for_a_shape_is_a_user_error():
+    """train.py reports it in one line (it is a UserInputError), not as a traceback."""
+    with pytest.raises(networks.UserInputError):
+        networks.Featurizer((3, 64, 64), {"featurizer": "auto"})
+
+
 def test_featurizer_mlp():
     f = networks.Featurizer((5,), MLP_HP)
     assert isinstance(f, networks.MLP) and f.n_outputs == 16

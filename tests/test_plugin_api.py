@@ -10,6 +10,9 @@ CHECKS = {
                        'print(algorithms.get_algorithm_class("EX2L").__name__)',
     "algorithm list": 'from domainbed import algorithms\n'
                       'print("EX2L" in algorithms.ALGORITHMS, list(algorithms.ALGORITHMS)[2])',
+    "list operations": 'from domainbed import algorithms\n'
+                       'print("EX2L" in algorithms.ALGORITHMS + [], '
+                       'algorithms.ALGORITHMS != ["ERM", "GroupDRO"])',
     "dataset class": 'from domainbed import datasets\n'
                      'print(datasets.get_dataset_class("SpawriousLiteM2M_hard").__name__)',
     "hparams": 'from domainbed import hparams_registry\n'
@@ -19,7 +22,7 @@ CHECKS = {
                   'print(type(networks.Featurizer((3, 64, 64), {"featurizer": "lite_cnn"})).__name__)',
 }
 EXPECTED = {"algorithm class": "EX2L", "algorithm list": "True EX2L",
-            "dataset class": "SpawriousLiteM2M_hard", "hparams": "cosine 1.0",
+            "list operations": "True True", "dataset class": "SpawriousLiteM2M_hard", "hparams": "cosine 1.0",
             "featurizer": "LiteCNN"}
 
 

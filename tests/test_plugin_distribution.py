@@ -104,3 +104,18 @@ def test_plugin_only_never_imports_this_harness(plugin_env, tmp_path):
     assert record["foreign_modules"] == []
     plugin = _run(plugin_env, root, "-c", "import ex2l_domainbed; print(ex2l_domainbed.__file__)")
     assert not Path(plugin.stdout.strip()).is_relative_to(REPO)  # the installed wheel's copy
+
+
+def test_plugin_sdist_builds_the_same_wheel(wheel, tmp_path):
+    """The sdist carries what its setup.py reads (the shared metadata, through its link)."""
+    plugin = REPO / "packaging" / "plugin"
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=plugin,
+                   capture_output=True, text=True, timeout=300, check=True)
+    (sdist,) = tmp_path.glob("ex2l_domainbed_plugin-*.tar.gz")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(tmp_path / "wheel"), str(sdist)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (rebuilt,) = (tmp_path / "wheel").glob("*.whl")
+    assert sorted(zipfile.ZipFile(rebuilt).namelist()) == sorted(zipfile.ZipFile(wheel).namelist())

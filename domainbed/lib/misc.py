@@ -43,6 +43,12 @@ def exit_status(action: Callable[[], Any]) -> int:
     except UserInputError as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # a folder or file the user cannot read or write
+        print(f"error: {exc.strerror}: {exc.filename}; check its permissions.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was changed. Rerun the same command.", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -234,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted. Finished jobs are kept; rerun the same command to launch "
-              "the jobs not launched yet (the interrupted job shows as incomplete: "
-              "`sweep delete_incomplete` with the same arguments clears it first).",
-              file=sys.stderr)
+        if args.command == "launch":
+            print("error: interrupted. Finished jobs are kept; rerun the same command to launch "
+                  "the jobs not launched yet (the interrupted job shows as incomplete: "
+                  "`sweep delete_incomplete` with the same arguments clears it first).",
+                  file=sys.stderr)
+        else:
+            print(f"error: interrupted during {args.command}; finished jobs are kept. Rerun "
+                  "the same command.", file=sys.stderr)
         return 130
     return 0
 

@@ -13,11 +13,11 @@ import runpy
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-metadata = runpy.run_path(os.path.join(HERE, "..", "metadata.py"))
+metadata = runpy.run_path(os.path.join(HERE, "metadata.py"))  # a link to ../metadata.py
 
 setup(
     name="ex2l-domainbed-plugin",
-    version=metadata["version"](),
+    version=metadata["version"](os.path.join(HERE, "ex2l_domainbed")),
     description="eXplaining to Learn (eX2L) for an upstream DomainBed checkout (plugin only)",
     python_requires=">=3.9",
     packages=find_packages(where=HERE, include=["ex2l_domainbed", "ex2l_domainbed.*"]),
