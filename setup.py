@@ -13,7 +13,7 @@ metadata = runpy.run_path(os.path.join(HERE, "packaging", "metadata.py"))
 
 setup(
     name="ex2l-domainbed",
-    version=metadata["version"](),
+    version=metadata["version"](os.path.join(HERE, "ex2l_domainbed")),
     description=(
         "eXplaining to Learn (eX2L) as a DomainBed plugin, with a clean-room, "
         "DomainBed-compatible harness"
