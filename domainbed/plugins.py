@@ -49,83 +49,34 @@ def ensure_loaded() -> None:
 
 class PluginNames(list):
     """A registry's list of names (`ALGORITHMS`, `DATASETS`) that loads the installed plugins
-    before it is first read; code that treats it as a plain list sees the plugins' names."""
+    before it is read; code that treats it as a plain list sees the plugins' names.
+    Writing to it (a plugin's registration) does not load anything."""
 
-    def __contains__(self, name: object) -> bool:
-        ensure_loaded()
-        return super().__contains__(name)
-
-    def __iter__(self):
-        ensure_loaded()
-        return super().__iter__()
-
-    def __len__(self) -> int:
-        ensure_loaded()
-        return super().__len__()
-
-    def __getitem__(self, index: Any):
-        ensure_loaded()
-        return super().__getitem__(index)
-
-    def __eq__(self, other: object) -> bool:
-        ensure_loaded()
-        return super().__eq__(other)
-
-    def __ne__(self, other: object) -> bool:
-        ensure_loaded()
-        return super().__ne__(other)
-
-    def __lt__(self, other: list) -> bool:
-        ensure_loaded()
-        return super().__lt__(other)
-
-    def __le__(self, other: list) -> bool:
-        ensure_loaded()
-        return super().__le__(other)
-
-    def __gt__(self, other: list) -> bool:
-        ensure_loaded()
-        return super().__gt__(other)
-
-    def __ge__(self, other: list) -> bool:
-        ensure_loaded()
-        return super().__ge__(other)
-
-    def __add__(self, other: list) -> list:
-        ensure_loaded()
-        return super().__add__(other)
+    __hash__ = None  # a list is unhashable; the comparisons below must not change that
 
     def __radd__(self, other: list) -> list:
         ensure_loaded()
-        return list(other) + list(super().__iter__())
+        return list(other) + list(list.__iter__(self))
 
-    def __mul__(self, n: int) -> list:
+
+# Every way of reading a list, each loading the plugins first.
+READS = ("__contains__", "__iter__", "__len__", "__getitem__", "__reversed__", "__repr__",
+         "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__add__", "__mul__",
+         "__rmul__", "index", "count", "copy")
+
+
+def _loading_first(name: str):
+    read = getattr(list, name)
+
+    def method(self, *args: Any):
         ensure_loaded()
-        return super().__mul__(n)
+        return read(self, *args)
+    method.__name__ = name
+    return method
 
-    __rmul__ = __mul__
 
-    def __reversed__(self):
-        ensure_loaded()
-        return super().__reversed__()
-
-    __hash__ = None  # a list is unhashable; defining __eq__ must not change that
-
-    def __repr__(self) -> str:
-        ensure_loaded()
-        return super().__repr__()
-
-    def index(self, *args: Any) -> int:
-        ensure_loaded()
-        return super().index(*args)
-
-    def count(self, name: object) -> int:
-        ensure_loaded()
-        return super().count(name)
-
-    def copy(self) -> list:
-        ensure_loaded()
-        return list(super().__iter__())
+for _name in READS:
+    setattr(PluginNames, _name, _loading_first(_name))
 
 
 if __name__ == "__main__":
