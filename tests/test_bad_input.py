@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_list_top_hparams import write_sweep
 
+from domainbed import algorithms
 from domainbed.plugins import load_plugins
 from domainbed.scripts import collect_results, download, list_top_hparams, sweep, train
 
@@ -148,18 +149,22 @@ def test_bad_input_is_one_line_and_nothing_is_written(case, tmp_path, run_main):
     assert not (tmp_path / "None").exists() and before <= made
 
 
-def test_ctrl_c_during_training_says_how_to_relaunch(tmp_path, run_main, monkeypatch):
-    calls = []
+class InterruptedERM(algorithms.ERM):
+    """ERM whose second step is interrupted, as Ctrl-C would: a registered algorithm."""
 
-    def interrupt_at_second_checkpoint(step_vals, step):
-        calls.append(step)
-        if len(calls) == 2:
+    def update(self, minibatches, unlabeled=None):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(train, "check_finite", interrupt_at_second_checkpoint)
+        return super().update(minibatches, unlabeled)
+
+
+def test_ctrl_c_during_training_says_how_to_relaunch(tmp_path, run_main, restore_algorithms):
+    algorithms.register_algorithm("InterruptedERM", InterruptedERM)
     out = tmp_path / "run"
-    result = run_main(train.main, "--dataset", "Debug28", "--algorithm", "ERM", "--steps", "3",
-                      "--checkpoint_freq", "1", "--output_dir", out, "--hparams",
-                      _hp(batch_size=8), "--skip_model_save")
+    result = run_main(train.main, "--dataset", "Debug28", "--algorithm", "InterruptedERM",
+                      "--steps", "3", "--checkpoint_freq", "1", "--output_dir", out,
+                      "--hparams", _hp(batch_size=8), "--skip_model_save")
     assert result.returncode == 130
     assert "Traceback" not in result.stderr
     assert "interrupted" in result.stderr and "relaunch the same command" in result.stderr
@@ -182,7 +187,6 @@ class _Payload:
 def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path, run_main):
     import torch
 
-    from domainbed import algorithms
     from ex2l_domainbed import viz
 
     run = tmp_path / "sweep" / "run"

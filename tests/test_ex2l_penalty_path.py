@@ -25,10 +25,11 @@ def _penalty_grad(path: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = datasets.get_dataset_class("DebugAttr28")("", [], hp)
     alg = EX2L(data.input_shape, 2, 3, hp, num_attributes=2).eval()
     x, y, a = (torch.stack([data[1][i][j] for i in range(8)]) for j in range(3))
-    features = alg.forward_maps(x).detach().requires_grad_(True)
-    alg.forward_maps = lambda _: features  # read the gradient at the feature map
+    seen = {}  # the feature map, as Grad-CAM libraries catch it: a hook on the last stage
+    alg.featurizer.map_layer().register_forward_hook(
+        lambda module, inputs, output: seen.setdefault("A", output))
     *_, overlap = alg._explain(x, y, a)
-    (grad,) = torch.autograd.grad(overlap.sum(), features)
+    (grad,) = torch.autograd.grad(overlap.sum(), seen["A"])
     return grad, overlap.detach()
 
 
