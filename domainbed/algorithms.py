@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from domainbed import networks
+from domainbed import hparams_registry, networks
 from domainbed.lib import misc
 from domainbed.lib.misc import UnknownNameError, unknown_name_message
 from domainbed.plugins import PluginNames, ensure_loaded
@@ -99,11 +99,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 def from_checkpoint(save_dict: dict[str, Any]) -> "Algorithm":
     """Rebuild the algorithm saved in a `model.pkl` dict (as train.py writes it) and load it."""
-    from domainbed.plugins import load_plugins
-    load_plugins()  # a plugin's algorithm resolves only once its plugin has registered
-    from domainbed import hparams_registry
     args = save_dict["args"]
-    cls = get_algorithm_class(args["algorithm"])
+    cls = get_algorithm_class(args["algorithm"])  # loads the plugins that define it
     # A checkpoint from an earlier version lacks hparams added since (e.g. `featurizer`):
     # they take their defaults, which is what that version did.
     hparams = {**hparams_registry.default_hparams(args["algorithm"], args["dataset"]),

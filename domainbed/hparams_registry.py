@@ -4,8 +4,9 @@ Each hparam draws its random value from its own `RandomState(seed_hash(random_se
 name))`, so adding or removing other hparams never changes a given hparam's value.
 Plugins add their algorithms' hparams with `register_hparams_hook`.
 
-Every hparam is typed: its type is its default's (bool, int, float or str), optionally with
-a range (`low`, `high`, inclusive) or a set of `choices`, so a `--hparams` value of the wrong
+Every hparam is typed: bool, int, float or str, as its default and its search draw (see
+`kind_of`), optionally with a range (`low`, `high`, inclusive) or a set of `choices`, so a
+`--hparams` value of the wrong
 kind ("no" for a bool, true for a number, 8.5 for a batch size) is refused before any work
 instead of silently running another experiment.
 """

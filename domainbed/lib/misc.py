@@ -66,7 +66,7 @@ def user_message(exc: BaseException) -> str:
 def check_distinct_test_envs(test_envs: Sequence[int]) -> None:
     """`--test_envs 0 0` names one environment twice: refuse it (the run would record the
     wrong number of training environments)."""
-    repeated = sorted({e for e in test_envs if list(test_envs).count(e) > 1})
+    repeated = sorted(e for e, n in Counter(test_envs).items() if n > 1)
     if repeated:
         raise UserInputError(
             f"--test_envs {' '.join(map(str, test_envs))} names environment {repeated[0]} "
