@@ -6,6 +6,7 @@ test waits for the runs it reads. Bad input is checked by calling `train.main(ar
 this process (`run_main`): the same exit status and message, without an interpreter start.
 """
 import json
+import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -75,11 +76,15 @@ def _train_in_sequence(out_dir, *arg_lists):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_runs")
     jobs = {
-        # first, as the longest: a run, then a relaunch with other seeds
+        # first, as the longest: a run, then a relaunch with other seeds (refused), then
+        # the same run again (nothing to do)
         "relaunch": (_train_in_sequence, root / "relaunch",
                      ["--dataset", "Debug28", *FAST, "--skip_model_save", "--seed", "0"],
                      ["--dataset", "Debug28", *FAST, "--skip_model_save", "--seed", "1",
-                      "--hparams_seed", "1"]),
+                      "--hparams_seed", "1"],
+                     ["--dataset", "Debug28", *FAST, "--skip_model_save", "--seed", "0"]),
+        "hparams_seed": (_train, root / "hparams_seed", "--dataset", "Debug28", *FAST,
+                         "--skip_model_save", "--seed", "1", "--hparams_seed", "1"),
         "erm": (_train, root / "erm", "--dataset", "Debug28", *FAST,
                 "--save_model_every_checkpoint"),
         "erm_again": (_train, root / "erm_again", "--dataset", "Debug28", *FAST,
@@ -198,26 +203,41 @@ def test_same_seeds_give_identical_results(runs):
     assert (dir2 / "done").read_text() == "done"
 
 
-def test_relaunch_sets_previous_records_aside(runs):
-    ((first, second), snapshots), _ = runs["relaunch"]
+def test_relaunch_into_a_finished_run_never_retrains_it(runs):
+    """A folder is one run: other arguments are refused, the same ones find it done; the
+    finished records stay where they are either way."""
+    ((first, other, same), snapshots), _ = runs["relaunch"]
     _ok(first)
-    _ok(second)
-    files = snapshots[1]  # the folder right after the second run
-    records = [json.loads(line) for line in files["results.jsonl"].decode().splitlines()]
-    previous = [json.loads(line)
-                for line in files["results.jsonl.previous1"].decode().splitlines()]
+    assert other.returncode == 2
+    assert "holds a run with other arguments" in _one_error_line(other)
+    assert "seed: 0 there, 1 now" in other.stderr
+    _ok(same)
+    assert "nothing to do" in same.stdout
+    assert snapshots[0] == snapshots[1] == snapshots[2]
+    records = [json.loads(line) for line in snapshots[2]["results.jsonl"].decode().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
-    assert {r["args"]["seed"] for r in records} == {1}
-    assert [r["step"] for r in previous] == [0, 1, 2]
-    assert {r["args"]["seed"] for r in previous} == {0}
-    assert "results.jsonl.previous2" not in files
-    assert files["done"] == b"done"
+    assert not any(name.startswith("results.jsonl.previous") for name in snapshots[2])
+    assert snapshots[2]["done"] == b"done"
+
+
+def test_relaunch_of_an_unfinished_attempt_sets_its_records_aside(runs, run_main, tmp_path):
+    """An attempt without a resume checkpoint (e.g. killed before this version) restarts."""
+    _, relaunch_dir = runs["relaunch"]
+    out_dir = tmp_path / "attempt"
+    shutil.copytree(relaunch_dir, out_dir)
+    os.remove(out_dir / "done")
+    before = (out_dir / "results.jsonl").read_bytes()
+    args = ["--dataset", "Debug28", *FAST, "--skip_model_save", "--seed", "0"]
+    result = run_main(train.main, "--output_dir", out_dir, *args)
+    assert result.returncode == 0, result.stderr
+    assert (out_dir / "results.jsonl.previous1").read_bytes() == before
+    assert (out_dir / "done").exists()
 
 
 def test_hparams_seed_gives_upstreams_random_hparams(runs):
-    ((_, second), snapshots), _ = runs["relaunch"]
+    (second, out_dir) = runs["hparams_seed"]
     _ok(second)
-    record = json.loads(snapshots[1]["results.jsonl"].decode().splitlines()[0])
+    record = json.loads((out_dir / "results.jsonl").read_text().splitlines()[0])
     expected = hparams_registry.random_hparams("ERM", "Debug28", 785910682)  # seed_hash(1, 0)
     expected["batch_size"] = 8
     assert record["hparams"] == expected
@@ -226,16 +246,16 @@ def test_hparams_seed_gives_upstreams_random_hparams(runs):
 
 def test_failed_relaunch_leaves_finished_run_intact(runs, run_main, tmp_path):
     """Bad input found on relaunch must not delete `done` or move the finished records aside."""
-    ((_, second), snapshots), relaunch_dir = runs["relaunch"]
-    _ok(second)
+    ((first, *_), snapshots), relaunch_dir = runs["relaunch"]
+    _ok(first)
     out_dir = tmp_path / "relaunch"
-    shutil.copytree(relaunch_dir, out_dir)  # the finished run, as the second launch left it
+    shutil.copytree(relaunch_dir, out_dir)  # the finished run
     before = _snapshot(out_dir)
-    assert before == snapshots[1]
+    assert before == snapshots[-1]
     # the default batch size (64) exceeds Debug28's splits: found only after loading data
     third = run_main(train.main, "--output_dir", out_dir, "--dataset", "Debug28",
                      "--steps", "3", "--skip_model_save")
-    assert "batch_size 64" in _one_error_line(third)
+    assert "holds a run with other arguments" in _one_error_line(third)
     after = _snapshot(out_dir)
     assert after.get("done") == b"done"
     assert after.get("results.jsonl") == before["results.jsonl"]

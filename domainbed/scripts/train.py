@@ -3,7 +3,10 @@
 Same flags, seeding, splits, `results.jsonl` keys, checkpoint files and `done`
 protocol. Added: worst-group keys for attribute-aware datasets, a progress bar on
 terminals, a clear message (and no `done`) for bad input or a diverged loss, and
-relaunch safety: a previous, unfinished `results.jsonl` is kept aside, not appended to.
+resumable runs: a resume checkpoint at every checkpoint step (`domainbed.lib.resume`), so
+a relaunched incomplete run continues where it stopped and ends as the uninterrupted run
+would have. A finished folder is never retrained, and a folder of other arguments is
+refused (`domainbed.lib.run_folder`).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import sys
 import time
 import traceback
 from importlib import metadata
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import PIL
@@ -25,7 +28,7 @@ import torch.utils.data
 from tqdm import tqdm
 
 from domainbed import algorithms, datasets, hparams_registry
-from domainbed.lib import misc
+from domainbed.lib import misc, resume, run_folder
 from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
 from domainbed.plugins import load_plugins
 
@@ -46,7 +49,7 @@ def describe_failure(exc: BaseException) -> str:
         return f"error: {misc.user_message(exc)}\n"
     if isinstance(exc, KeyboardInterrupt):
         return ("error: interrupted. The run is incomplete (no done marker); relaunch the same "
-                "command to run it again (its records so far move to results.jsonl.previousN).\n")
+                "command to resume it from its last checkpoint.\n")
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
@@ -143,11 +146,52 @@ def choose_hparams(args: argparse.Namespace) -> dict[str, Any]:
     return hparams
 
 
+class AlreadyDone(Exception):
+    """The folder holds this very run, finished: there is nothing to do."""
+
+
+def _describe_differences(saved: dict, current: dict, keys: list[str]) -> str:
+    shown = [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys[:3]]
+    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def check_folder(args: argparse.Namespace, hparams: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """What the output folder allows: the resume state to continue from, or None to start at
+    step 0. A finished run raises AlreadyDone; another run's folder is refused."""
+    out = args.output_dir
+    resume_path = run_folder.path(out, run_folder.RESUME)
+    state = None
+    if os.path.exists(resume_path) and not run_folder.is_done(out):
+        try:
+            state = resume.load(resume_path)
+        except Exception as exc:  # torn or foreign file: say so, touch nothing
+            raise misc.UserInputError(
+                f"{resume_path} is not a readable resume checkpoint ({type(exc).__name__}); "
+                "remove it to restart the run from step 0.") from None
+        saved_args = state["args"]
+    else:
+        saved_args = run_folder.recorded_args(out)
+    if saved_args is not None:
+        differ = run_folder.differing_args(saved_args, vars(args))
+        if differ:
+            what = _describe_differences(saved_args, vars(args), differ)
+            raise misc.UserInputError(f"{out} holds a run with other arguments ({what}); give "
+                                      "this run its own --output_dir. Nothing was changed.")
+    if state is not None and state["hparams"] != hparams:
+        differ = sorted(k for k in set(state["hparams"]) | set(hparams)
+                        if state["hparams"].get(k) != hparams.get(k))
+        what = _describe_differences(state["hparams"], hparams, differ)
+        raise misc.UserInputError(
+            f"{out} holds a run with other hparams ({what}), e.g. from another version of the "
+            "code; give this run its own --output_dir. Nothing was changed.")
+    if run_folder.is_done(out):
+        raise AlreadyDone(out)
+    return state
+
+
 def set_aside_previous_run(output_dir: str) -> None:
-    """Training restarts from step 0, so earlier records move aside instead of being appended to."""
-    done_path = os.path.join(output_dir, "done")
-    if os.path.exists(done_path):
-        os.remove(done_path)
+    """Training restarts from step 0 (no resume checkpoint), so records of an earlier attempt
+    move aside instead of being appended to."""
     results_path = os.path.join(output_dir, "results.jsonl")
     if os.path.exists(results_path):
         n = 1
@@ -287,13 +331,21 @@ def train(args: argparse.Namespace) -> None:
         check_hparams(hparams)
 
     os.makedirs(args.output_dir, exist_ok=True)
-    with tee_output(args.output_dir):
-        run_training(args, dataset_class, algorithm_class, hparams)
+    with run_folder.training_lock(args.output_dir):
+        try:
+            resume_state = check_folder(args, hparams)
+        except AlreadyDone:
+            print(f"{args.output_dir} holds this run, finished (done marker, same arguments): "
+                  "nothing to do.")
+            return
+        with tee_output(args.output_dir):
+            run_training(args, dataset_class, algorithm_class, hparams, resume_state)
 
 
 def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
-                 hparams: dict[str, Any]) -> None:
-    """The training proper, once the arguments are checked and the output folder exists."""
+                 hparams: dict[str, Any], resume_state: Optional[dict[str, Any]] = None) -> None:
+    """The training proper, once the arguments and the output folder are checked; from
+    `resume_state` (a resume checkpoint) when given, else from step 0."""
     print_environment()
     print("Args:")
     for k, v in sorted(vars(args).items()):
@@ -315,12 +367,14 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     check_batch_size(dataset, in_splits, uda_splits, args, hparams)
 
     workers = num_workers(dataset)
-    train_loaders = [
-        InfiniteDataLoader(env, weights, hparams["batch_size"], workers)
-        for i, (env, weights) in enumerate(in_splits) if i not in args.test_envs]
-    uda_loaders = [
-        InfiniteDataLoader(env, weights, hparams["batch_size"], workers)
-        for env, weights in uda_splits]
+    streams = [(env, weights) for i, (env, weights) in enumerate(in_splits)
+               if i not in args.test_envs] + list(uda_splits)
+    starts = resume_state["loader_positions"] if resume_state else [0] * len(streams)
+    loaders = [InfiniteDataLoader(env, weights, hparams["batch_size"], workers,
+                                  seed=misc.seed_hash(args.seed, "stream", k), start=start)
+               for k, ((env, weights), start) in enumerate(zip(streams, starts))]
+    n_train = len(streams) - len(uda_splits)
+    train_loaders, uda_loaders = loaders[:n_train], loaders[n_train:]
     eval_loaders = [
         FastDataLoader(env, EVAL_BATCH_SIZE, workers)
         for env, _ in (in_splits + out_splits + uda_splits)]
@@ -335,7 +389,18 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
                                 len(dataset) - len(args.test_envs), hparams, **extra)
     algorithm.to(device)
-    set_aside_previous_run(args.output_dir)  # only now: a failed relaunch must not touch it
+    results_path = os.path.join(args.output_dir, "results.jsonl")
+    resume_path = run_folder.path(args.output_dir, run_folder.RESUME)
+    start_step = 0
+    if resume_state is None:
+        set_aside_previous_run(args.output_dir)  # only now: a failed relaunch must not touch it
+    else:
+        resume.restore(algorithm, resume_state)
+        start_step = resume_state["step"] + 1
+        dropped = run_folder.keep_records_through(args.output_dir, resume_state["step"])
+        print(f"Resuming after the checkpoint of step {resume_state['step']}"
+              + (f" (dropped {dropped} records written after it)" if dropped else ""))
+        resume.set_rng_states(resume_state["rng"])  # last: building the model drew from them
 
     train_minibatches_iterator = zip(*train_loaders)
     uda_minibatches_iterator = zip(*uda_loaders)
@@ -343,10 +408,10 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     steps_per_epoch = min([len(env) / hparams["batch_size"] for env, _ in in_splits])
     n_steps = args.steps or dataset.N_STEPS
     checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
-    results_path = os.path.join(args.output_dir, "results.jsonl")
     last_results_keys = None
 
-    progress = tqdm(range(n_steps), desc="train", unit="step", file=sys.__stderr__,
+    progress = tqdm(range(start_step, n_steps), desc="train", unit="step", file=sys.__stderr__,
+                    initial=start_step, total=n_steps,
                     disable=not sys.__stderr__.isatty(), dynamic_ncols=True)
     for step in progress:
         step_start_time = time.time()
@@ -385,6 +450,10 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
             if args.save_model_every_checkpoint and not args.skip_model_save:
                 save_checkpoint(os.path.join(args.output_dir, f"model_step{step}.pkl"),
                                 algorithm, args, dataset, hparams, extra)
+            if step < n_steps - 1:  # after the last step the run is done instead
+                resume.save(resume_path, step=step, algorithm=algorithm,
+                            loader_positions=[loader.position for loader in loaders],
+                            args=vars(args), hparams=hparams)
     progress.close()
 
     if not args.skip_model_save:
@@ -393,6 +462,8 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     with open(os.path.join(args.output_dir, "done.tmp"), "w") as f:
         f.write("done")
     os.replace(os.path.join(args.output_dir, "done.tmp"), os.path.join(args.output_dir, "done"))
+    if os.path.exists(resume_path):  # the finished run needs no resume state
+        os.remove(resume_path)
 
 
 def main(argv: list[str] | None = None) -> int:
