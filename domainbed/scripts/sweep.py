@@ -1,9 +1,12 @@
 """Run a sweep: upstream DomainBed's `sweep.py`, compatible.
 
 Same flags, job enumeration, output-directory hashes and command strings. Added:
-`--test_envs` (one fixed set of test environments, e.g. `0` for Spawrious), and
-up-front checks of names, test environments and --hparams, so a typo fails before
-any job is created.
+`--test_envs` (one fixed set of test environments, e.g. `0` for Spawrious),
+`--checkpoint_freq` (passed to every job), up-front checks of names, test environments
+and --hparams, so a typo fails before any job is created, and safe relaunching: runs
+resume (train.py's resume checkpoints), so `launch` also relaunches incomplete jobs that
+were started and stopped, and `delete_incomplete` removes only what cannot be resumed, never
+finished work (`domainbed.lib.run_folder`).
 """
 from __future__ import annotations
 
@@ -13,14 +16,13 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import sys
 
 import numpy as np
 import tqdm
 
 from domainbed import algorithms, command_launchers, datasets, hparams_registry
-from domainbed.lib import misc
+from domainbed.lib import misc, run_folder
 from domainbed.plugins import load_plugins
 
 load_plugins()  # before DATASETS is computed, so plugin datasets are swept by default
@@ -54,6 +56,20 @@ class Job:
         else:
             self.state = Job.NOT_LAUNCHED
 
+    @property
+    def started(self) -> bool:
+        """A train.py has entered the folder (queued jobs' folders are empty)."""
+        return run_folder.was_started(self.output_dir)
+
+    @property
+    def running(self) -> bool:
+        """A train.py is writing into the folder right now."""
+        return self.state == Job.INCOMPLETE and run_folder.is_running(self.output_dir)
+
+    @property
+    def resumable(self) -> bool:
+        return self.state == Job.INCOMPLETE and run_folder.is_resumable(self.output_dir)
+
     def __str__(self) -> str:
         job_info = (self.train_args["dataset"], self.train_args["algorithm"],
                     self.train_args["test_envs"], self.train_args["hparams_seed"])
@@ -73,10 +89,35 @@ class Job:
 
     @staticmethod
     def delete(jobs: list["Job"]) -> None:
+        """Clear incomplete jobs that cannot be resumed; keep running and resumable ones and,
+        in every folder, finished work (done runs' records and model files)."""
         print("Deleting...")
+        cleared = 0
         for job in jobs:
-            shutil.rmtree(job.output_dir)
-        print(f"Deleted {len(jobs)} jobs!")
+            if job.running:
+                print(f"  kept {job.output_dir}: running")
+            elif job.resumable:
+                print(f"  kept {job.output_dir}: resumable after step "
+                      f"{run_folder.last_step(job.output_dir)}; `launch` resumes it")
+            else:
+                removed = run_folder.clear_unresumable(job.output_dir)
+                kept = os.listdir(job.output_dir) if os.path.isdir(job.output_dir) else []
+                cleared += 1
+                print(f"  removed {len(removed)} files of an unresumable attempt in "
+                      f"{job.output_dir}" + (f" (kept {', '.join(sorted(kept))})" if kept else ""))
+                for removed_path in removed:
+                    print(f"    {removed_path}")
+        print(f"Deleted {cleared} jobs!")
+
+
+def launchable(jobs: list[Job]) -> list[Job]:
+    """Jobs to (re)launch: not launched, or started, stopped and not done (they resume).
+
+    A folder no train.py has entered yet (a job still queued, as upstream assumes) is not
+    relaunched; `delete_incomplete` clears it if it will never run.
+    """
+    return [j for j in jobs if j.state == Job.NOT_LAUNCHED
+            or (j.state == Job.INCOMPLETE and j.started and not j.running)]
 
 
 def all_test_env_combinations(n: int):
@@ -90,7 +131,7 @@ def all_test_env_combinations(n: int):
 
 def make_args_list(n_trials, dataset_names, algorithms, n_hparams_from, n_hparams, steps,
                    data_dir, task, holdout_fraction, single_test_envs, hparams,
-                   test_envs=None) -> list[dict]:
+                   test_envs=None, checkpoint_freq=None) -> list[dict]:
     args_list = []
     for trial_seed in range(n_trials):
         for dataset in dataset_names:
@@ -116,6 +157,8 @@ def make_args_list(n_trials, dataset_names, algorithms, n_hparams_from, n_hparam
                             dataset, algorithm, envs, hparams_seed, trial_seed)
                         if steps is not None:
                             train_args["steps"] = steps
+                        if checkpoint_freq is not None:
+                            train_args["checkpoint_freq"] = checkpoint_freq
                         if hparams is not None:
                             train_args["hparams"] = hparams
                         args_list.append(train_args)
@@ -161,6 +204,9 @@ def validate_args(args: argparse.Namespace) -> None:
     preflight = getattr(command_launchers.REGISTRY.get(args.command_launcher), "preflight", None)
     if args.command == "launch" and preflight is not None:
         preflight()
+    if args.checkpoint_freq is not None and args.checkpoint_freq <= 0:
+        raise misc.UserInputError(
+            f"--checkpoint_freq must be a positive integer, got {args.checkpoint_freq}.")
     if args.n_trials < 1 or args.n_hparams <= args.n_hparams_from:
         raise misc.UserInputError(
             "The sweep is empty: need --n_trials >= 1 and --n_hparams > --n_hparams_from.")
@@ -183,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_trials", type=int, default=3)
     parser.add_argument("--command_launcher", type=str, required=True)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--checkpoint_freq", type=int, default=None,
+                        help="Evaluate and checkpoint every N steps (default: the dataset's).")
     parser.add_argument("--hparams", type=str, default=None)
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--single_test_envs", action="store_true")
@@ -205,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         n_trials=args.n_trials, dataset_names=args.datasets, algorithms=args.algorithms,
         n_hparams_from=args.n_hparams_from, n_hparams=args.n_hparams, steps=args.steps,
         data_dir=args.data_dir, task=args.task, holdout_fraction=args.holdout_fraction,
-        single_test_envs=args.single_test_envs, hparams=args.hparams, test_envs=args.test_envs)
+        single_test_envs=args.single_test_envs, hparams=args.hparams, test_envs=args.test_envs,
+        checkpoint_freq=args.checkpoint_freq)
     jobs = [Job(train_args, args.output_dir) for train_args in args_list]
 
     for job in jobs:
@@ -218,15 +267,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "launch":
-            to_launch = [j for j in jobs if j.state == Job.NOT_LAUNCHED]
-            print(f"About to launch {len(to_launch)} jobs.")
+            to_launch = launchable(jobs)
+            relaunched = sum(j.state == Job.INCOMPLETE for j in to_launch)
+            print(f"About to launch {len(to_launch)} jobs"
+                  + (f" ({relaunched} incomplete: they resume)." if relaunched else "."))
             if not args.skip_confirmation:
                 ask_for_confirmation()
             launcher_fn = command_launchers.REGISTRY[args.command_launcher]
             Job.launch(to_launch, launcher_fn)
         elif args.command == "delete_incomplete":
             to_delete = [j for j in jobs if j.state == Job.INCOMPLETE]
-            print(f"About to delete {len(to_delete)} jobs.")
+            print(f"About to clear {len(to_delete)} incomplete jobs (running and resumable "
+                  "ones, and finished work in any folder, are kept).")
             if not args.skip_confirmation:
                 ask_for_confirmation()
             Job.delete(to_delete)
@@ -236,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command == "launch":
             print("error: interrupted. Finished jobs are kept; rerun the same command to launch "
-                  "the jobs not launched yet (the interrupted job shows as incomplete: "
-                  "`sweep delete_incomplete` with the same arguments clears it first).",
+                  "the rest (interrupted jobs resume from their last checkpoint).",
                   file=sys.stderr)
         else:
             print(f"error: interrupted during {args.command}; finished jobs are kept. Rerun "
