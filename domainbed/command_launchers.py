@@ -1,14 +1,18 @@
 """Command launchers: `fn(commands: list[str]) -> None`, each command a shell string.
 
 `local` runs them one after another, `dummy` only prints them, `multi_gpu` runs one
-per visible GPU, and `slurm` submits them as a job array through submitit. More can
-be added to REGISTRY by a plugin.
+per visible GPU, `parallel` runs N at once on this machine (DOMAINBED_PARALLEL_JOBS;
+one GPU per job, or a share of the CPU threads), and `slurm` submits them as a job array
+through submitit (`submitit_state` reads back a job's scheduler state). More can be
+added to REGISTRY by a plugin.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +80,146 @@ def multi_gpu_launcher(commands: list[str]) -> None:
             proc.wait()
 
 
+def _parallel_jobs_from_env() -> int | None:
+    """DOMAINBED_PARALLEL_JOBS as an int >= 1, None if unset; checked before any folder exists."""
+    value = os.environ.get("DOMAINBED_PARALLEL_JOBS", "").strip()
+    if not value:
+        return None
+    try:
+        n_jobs = int(value)
+    except ValueError:
+        n_jobs = 0
+    if n_jobs < 1:
+        raise UserInputError(
+            f"DOMAINBED_PARALLEL_JOBS must be an integer >= 1 (got {value!r}), "
+            "e.g. DOMAINBED_PARALLEL_JOBS=4.")
+    return n_jobs
+
+
+def _output_dir_of(cmd: str) -> str | None:
+    """The command's --output_dir (where train.py tees out.txt/err.txt), if it has one."""
+    try:
+        tokens = shlex.split(cmd)
+    except ValueError:
+        return None
+    for i, token in enumerate(tokens):
+        if token == "--output_dir" and i + 1 < len(tokens):
+            return tokens[i + 1]
+        if token.startswith("--output_dir="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _last_line(path: str) -> str | None:
+    """The last non-empty line of a log file, to show why a job failed."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return None
+    return lines[-1] if lines else None
+
+
+def _failure_line(cmd: str, returncode: int) -> str:
+    """One line saying which job failed and where its log (and its last line) is."""
+    out_dir = _output_dir_of(cmd)
+    if out_dir is None:
+        return f"[parallel] failed (exit {returncode}): {cmd}"
+    err = os.path.join(out_dir, "err.txt")
+    last = _last_line(err)
+    return f"[parallel] failed (exit {returncode}): {out_dir}; see {err}" + (
+        f": {last}" if last else "")
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """SIGTERM each job's process group (the shell and train.py), then kill what remains.
+
+    The whole group is signalled even once the shell is gone: train.py may outlive it.
+    """
+    def signal_all(sig: int) -> None:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    signal_all(signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
+def parallel_launcher(commands: list[str]) -> None:
+    """Run up to N commands at once on this machine; report failures instead of raising.
+
+    N is DOMAINBED_PARALLEL_JOBS, else one per visible GPU, else os.cpu_count(). With GPUs
+    each job gets one free GPU (CUDA_VISIBLE_DEVICES), so N is capped at their number;
+    without, the CPU threads are shared out (OMP/MKL_NUM_THREADS) unless OMP_NUM_THREADS
+    is already set. Job output goes to DEVNULL: train.py tees it into its --output_dir.
+    """
+    gpus = _visible_gpus()
+    cpus = max(1, os.cpu_count() or 1)
+    n_jobs = _parallel_jobs_from_env() or len(gpus) or cpus
+    if gpus:
+        n_jobs = min(n_jobs, len(gpus))
+    base_env = _env_with_current_python()
+    if not gpus and "OMP_NUM_THREADS" not in os.environ:
+        threads = str(max(1, cpus // n_jobs))
+        base_env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+
+    waiting = list(commands)
+    running: dict[subprocess.Popen, tuple[str, str | None]] = {}  # proc -> (cmd, gpu)
+    free_gpus = list(gpus)
+    n_done = n_failed = 0
+    start = time.monotonic()
+
+    def progress() -> None:
+        print(f"[parallel] {n_done}/{len(commands)} done, {len(running)} running, "
+              f"{n_failed} failed, {len(waiting)} waiting", flush=True)
+
+    try:
+        while waiting or running:
+            changed = False
+            for proc in [p for p in running if p.poll() is not None]:
+                cmd, gpu = running.pop(proc)
+                if gpu is not None:
+                    free_gpus.append(gpu)
+                if proc.returncode == 0:
+                    n_done += 1
+                else:
+                    n_failed += 1
+                    print(_failure_line(cmd, proc.returncode), flush=True)
+                changed = True
+            while waiting and len(running) < n_jobs:
+                cmd = waiting.pop(0)
+                env = dict(base_env)
+                gpu = free_gpus.pop(0) if gpus else None
+                if gpu is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = gpu
+                # own process group: Ctrl-C reaches only us, and _stop can signal the shell
+                # and train.py together
+                proc = subprocess.Popen(cmd, shell=True, env=env, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                running[proc] = (cmd, gpu)
+                changed = True
+            if changed:
+                progress()
+            else:
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        interrupted = list(running.values())
+        _stop(list(running))
+        print(f"[parallel] interrupted: stopped {len(interrupted)} running jobs; they are "
+              "incomplete and resume when relaunched:", flush=True)
+        for cmd, _ in interrupted:
+            print(f"  {_output_dir_of(cmd) or cmd}", flush=True)
+        raise
+    print(f"[parallel] finished {len(commands)} jobs in {time.monotonic() - start:.1f}s: "
+          f"{n_done} done, {n_failed} failed", flush=True)
+
+
 def run_shell_command(cmd: str) -> int:
     """Run one command inside a submitit job; its exit status is the job's result."""
     return subprocess.call(cmd, shell=True, env=_env_with_current_python())
@@ -127,6 +271,7 @@ def slurm_launcher(commands: list[str]) -> None:
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     executor.update_parameters(**params)
     jobs = executor.map_array(run_shell_command, commands)
+    _record_submitit_jobs(commands, jobs, str(executor.folder), executor.cluster)
     print(f"Submitted {len(jobs)} jobs to {executor.cluster}: "
           + " ".join(shlex.quote(str(job.job_id)) for job in jobs))
     if executor.cluster != "slurm":
@@ -135,15 +280,56 @@ def slurm_launcher(commands: list[str]) -> None:
             print(f"{len(failed)} jobs exited non-zero: {' '.join(map(str, failed))}")
 
 
+def _record_submitit_jobs(commands: list[str], jobs: list, folder: str, cluster: str) -> None:
+    """Write <output_dir>/submitit.json per job, so its scheduler state can be looked up."""
+    for cmd, job in zip(commands, jobs):
+        out_dir = _output_dir_of(cmd)
+        if not out_dir or not os.path.isdir(out_dir):
+            continue
+        record = {"job_id": str(job.job_id), "folder": os.path.abspath(folder),
+                  "cluster": cluster}
+        path = os.path.join(out_dir, "submitit.json")
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def submitit_state(output_dir: str) -> str | None:
+    """The scheduler's state of the job recorded in <output_dir>/submitit.json.
+
+    "local" for a non-Slurm cluster; None when there is no (readable) record or submitit
+    is not installed. Never raises: it is for status reports.
+    """
+    try:
+        with open(os.path.join(output_dir, "submitit.json")) as f:
+            record = json.load(f)
+        job_id, folder, cluster = record["job_id"], record["folder"], record["cluster"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        import submitit
+    except ImportError:
+        return None
+    if cluster != "slurm":
+        return "local"
+    try:
+        return str(submitit.SlurmJob(folder=folder, job_id=str(job_id)).state)
+    except Exception:  # sacct missing or failing: no state rather than a crash
+        return None
+
+
 # Checks a sweep runs before it creates any job folder, so a launcher that cannot run
 # fails without leaving Incomplete jobs behind.
 multi_gpu_launcher.preflight = _require_gpus
 slurm_launcher.preflight = _require_submitit_cluster
+parallel_launcher.preflight = _parallel_jobs_from_env
 
 REGISTRY: dict[str, Launcher] = {
     "local": local_launcher,
     "dummy": dummy_launcher,
     "multi_gpu": multi_gpu_launcher,
+    "parallel": parallel_launcher,
     "slurm": slurm_launcher,
 }
 
