@@ -60,14 +60,25 @@ class EX2LHparamError(_InputError):
 
 
 def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
-    """EX2L's hparams: `define(name, default, random_fn)` (an hparams-registry hook).
+    """EX2L's hparams, for EX2L and its formulations (an hparams-registry hook).
+
+    A formulation (a subclass, see `formulations`) fixes some values: they are its
+    defaults, and its random search keeps them, so only the other hparams are searched.
+    """
+    from domainbed import algorithms  # this harness's or upstream's: both hold the classes
+    cls = getattr(algorithms, algorithm, None)
+    if not (isinstance(cls, type) and issubclass(cls, EX2L)):
+        return
+    define_ex2l(_with_fixed_values(define, cls.FIXED_HPARAMS) if cls.FIXED_HPARAMS else define)
+
+
+def define_ex2l(define) -> None:
+    """Call `define(name, default, random_fn, **spec)` for every ex2l_ hparam.
 
     Random-search ranges centre on the defaults; the categorical choices are searched only
     where the method leaves them open in a way that matters for accuracy. `low` and
     `choices` declare the accepted values (the harness checks --hparams against them).
     """
-    if algorithm != "EX2L":
-        return
     define("ex2l_lambda", 1.0, lambda r: 10 ** r.uniform(-1, 1), low=0.0)
     define("ex2l_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0.5), low=0.0)
     define("ex2l_overlap", "cosine", lambda r: "cosine", choices=gradcam_lib.MEASURES)
@@ -83,11 +94,20 @@ def ex2l_hparams(algorithm: str, dataset: str, define) -> None:
     define("ex2l_penalty_path", "both", lambda r: "both", choices=PENALTY_PATHS)
 
 
+def _with_fixed_values(define, fixed: dict[str, Any]):
+    def define_fixed(name: str, default: Any, random_fn, **spec) -> None:
+        if name in fixed:
+            value = fixed[name]
+            define(name, value, lambda r: value, **spec)
+        else:
+            define(name, default, random_fn, **spec)
+    return define_fixed
+
+
 def declared_values() -> dict[str, dict[str, Any]]:
     """{name: {"low": ..., "choices": ...}} as `ex2l_hparams` declares them."""
     declared: dict[str, dict[str, Any]] = {}
-    ex2l_hparams("EX2L", "", lambda name, default, random_fn, **spec:
-                 declared.__setitem__(name, spec))
+    define_ex2l(lambda name, default, random_fn, **spec: declared.__setitem__(name, spec))
     return declared
 
 
@@ -95,6 +115,8 @@ class EX2L(Algorithm):
     """ERM plus a confounder head and a Grad-CAM overlap penalty between the two heads."""
 
     USES_ATTRIBUTES = True
+    # A formulation (a subclass, see `formulations`) fixes some ex2l_ hparams by default.
+    FIXED_HPARAMS: dict[str, Any] = {}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams,
                  num_attributes: Optional[int] = None):

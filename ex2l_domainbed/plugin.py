@@ -16,8 +16,9 @@ def is_this_harness() -> bool:
 
 
 def register() -> None:
-    """Add EX2L (after ERM and GroupDRO), the AttributeDANN baseline, the Lite backbone,
-    the Spawrious and Spawrious-Lite datasets and their hparams (idempotent)."""
+    """Add EX2L (after ERM and GroupDRO) and its formulations, the AttributeDANN baseline,
+    the Lite backbone, the Spawrious and Spawrious-Lite datasets and their hparams
+    (idempotent)."""
     if not is_this_harness():
         from ex2l_domainbed import upstream
         upstream.register_upstream()
@@ -27,6 +28,7 @@ def register() -> None:
     from ex2l_domainbed.backbones import BACKBONES
     from ex2l_domainbed.baselines import AttributeDANN, adversary_hparams
     from ex2l_domainbed.datasets import spawrious, spawrious_lite
+    from ex2l_domainbed.formulations import FORMULATIONS
 
     for name, builder in BACKBONES.items():
         networks.register_featurizer(name)(builder)
@@ -35,6 +37,10 @@ def register() -> None:
     hparams_registry.register_hparams_hook(spawrious_lite.lite_hparams)
     after = "GroupDRO" if "GroupDRO" in algorithms.ALGORITHMS else None
     algorithms.register_algorithm("EX2L", EX2L, after=after)
+    previous = "EX2L"
+    for name, cls in FORMULATIONS.items():
+        algorithms.register_algorithm(name, cls, after=previous)
+        previous = name
     hparams_registry.register_hparams_hook(ex2l_hparams)
-    algorithms.register_algorithm("AttributeDANN", AttributeDANN, after="EX2L")
+    algorithms.register_algorithm("AttributeDANN", AttributeDANN, after=previous)
     hparams_registry.register_hparams_hook(adversary_hparams)
