@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from ex2l_domainbed.algorithm import ex2l_hparams
+from ex2l_domainbed.algorithm import define_ex2l
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -68,13 +68,13 @@ def parse_value(cell: str):
 
 
 def registry() -> dict[str, tuple[object, object]]:
-    """{name: (default, random_fn)} as `ex2l_hparams` defines them."""
+    """{name: (default, random_fn)} as EX2L defines them (`define_ex2l`)."""
     defined: dict[str, tuple[object, object]] = {}
 
     def define(name, default, random_fn, replace=False, **accepted):
         defined[name] = (default, random_fn)
 
-    ex2l_hparams("EX2L", "Debug28", define)
+    define_ex2l(define)
     return defined
 
 

@@ -360,7 +360,9 @@ def test_confounder_learning_rate_multiplier():
 
 def test_attribute_dann_is_registered_and_reverses_the_gradient():
     from ex2l_domainbed.baselines import GradientReversal
-    assert algorithms.ALGORITHMS.index("AttributeDANN") == algorithms.ALGORITHMS.index("EX2L") + 1
+    from ex2l_domainbed.formulations import FORMULATIONS  # EX2L's own rows come first
+    assert algorithms.ALGORITHMS.index("AttributeDANN") == \
+        algorithms.ALGORITHMS.index("EX2L") + 1 + len(FORMULATIONS)
     hp = hparams_registry.default_hparams("AttributeDANN", "Debug28")
     assert (hp["adv_lambda"], hp["adv_beta"]) == (1.0, 1.0)
     x = torch.randn(3, requires_grad=True)

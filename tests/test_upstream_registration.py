@@ -69,10 +69,9 @@ def upstream(standin_root):
 
 
 def _ex2l_random_fns() -> dict:
-    from ex2l_domainbed.algorithm import ex2l_hparams
+    from ex2l_domainbed.algorithm import define_ex2l
     fns = {}
-    ex2l_hparams("EX2L", "Debug28",
-                 lambda name, default, fn, **accepted: fns.__setitem__(name, (default, fn)))
+    define_ex2l(lambda name, default, fn, **accepted: fns.__setitem__(name, (default, fn)))
     return fns
 
 
