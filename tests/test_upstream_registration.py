@@ -91,7 +91,10 @@ def test_register_in_process(upstream):
     register()
     register()
     assert algorithms.ALGORITHMS is names
-    assert names == ["ERM", "IRM", "GroupDRO", "EX2L", "Mixup"]
+    from ex2l_domainbed.formulations import FORMULATIONS
+    assert names == ["ERM", "IRM", "GroupDRO", "EX2L", *FORMULATIONS, "Mixup"]
+    fast = hparams_registry.default_hparams("EX2L_FeaturesFast", "Debug28")
+    assert fast["ex2l_confounder_lr_mult"] == 10.0 and fast["ex2l_detach_label"] is True
     from ex2l_domainbed.algorithm import EX2L
     assert algorithms.get_algorithm_class("EX2L") is EX2L
     assert issubclass(EX2L, algorithms.Algorithm)  # upstream's base class, not ours
@@ -164,8 +167,9 @@ def test_helpers():
 
 
 def _ex2l_hparams_hook():
-    from ex2l_domainbed.algorithm import ex2l_hparams
-    return ex2l_hparams
+    """A hook that defines EX2L's hparams whichever `domainbed` is imported."""
+    from ex2l_domainbed.algorithm import define_ex2l
+    return lambda algorithm, dataset, define: define_ex2l(define)
 
 
 # ---------------------------------------------------------------------------------------

@@ -119,13 +119,18 @@ def run_registered(target: str, prepare: Optional[Callable[[], None]] = None) ->
 
 
 def register_upstream() -> None:
-    """Register EX2L and its hparams into the imported upstream `domainbed` (idempotent)."""
+    """Register EX2L, its formulations and their hparams into the imported upstream
+    `domainbed` (idempotent)."""
     from domainbed import algorithms, hparams_registry
     from domainbed.lib import misc
     from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
+    from ex2l_domainbed.formulations import FORMULATIONS
 
-    setattr(algorithms, ALGORITHM_NAME, EX2L)
-    insert_after(algorithms.ALGORITHMS, ALGORITHM_NAME, INSERT_AFTER)
+    previous = INSERT_AFTER
+    for name, cls in {ALGORITHM_NAME: EX2L, **FORMULATIONS}.items():
+        setattr(algorithms, name, cls)
+        insert_after(algorithms.ALGORITHMS, name, previous)
+        previous = name
     if not is_wrapped(hparams_registry._hparams):
         hparams_registry._hparams = wrap_hparams(
             hparams_registry._hparams, ex2l_hparams, misc.seed_hash)
