@@ -250,3 +250,25 @@ def test_delete_incomplete_keeps_finished_work_and_resumable_runs(tmp_path, run_
         1, ["Debug28"], ["ERM"], 0, 1, 12, str(resumable), "domain_generalization", 0.2, False,
         '{"batch_size": 8}', test_envs=[0], checkpoint_freq=5)]
     assert [j.output_dir for j in sweep.launchable(jobs)] == [str(job_dir)]
+
+
+def test_an_interrupted_launch_leaves_no_empty_folders_behind(tmp_path, run_main, monkeypatch):
+    """Ctrl-C during a launch: the jobs that never started must not look queued, so that
+    rerunning the command launches them (the started one resumes)."""
+    from domainbed import command_launchers
+
+    def interrupted(commands):  # starts the first job, then the user presses Ctrl-C
+        first = commands[0].split("--output_dir ")[1].split(" ")[0]
+        open(os.path.join(first, run_folder.LOCK), "w").close()
+        raise KeyboardInterrupt
+    monkeypatch.setitem(command_launchers.REGISTRY, "interrupted", interrupted)
+    argv = sweep_argv(tmp_path, "launch")
+    argv[argv.index("--n_trials") + 1] = "3"
+    argv[argv.index("--command_launcher") + 1] = "interrupted"
+    result = run_main(sweep.main, *argv)
+    assert result.returncode == 130 and "rerun the same command" in result.stderr
+    left = list((tmp_path / "sweep").iterdir())
+    assert len(left) == 1 and (left[0] / run_folder.LOCK).exists()
+    argv[argv.index("--command_launcher") + 1] = "dummy"
+    again = run_main(sweep.main, *argv)
+    assert again.stdout.count("Dummy launcher:") == 3

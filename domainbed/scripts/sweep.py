@@ -84,7 +84,15 @@ class Job:
         for job in tqdm.tqdm(jobs, leave=False):
             os.makedirs(job.output_dir, exist_ok=True)
         commands = [job.command_str for job in jobs]
-        launcher_fn(commands)
+        try:
+            launcher_fn(commands)
+        except KeyboardInterrupt:
+            # Jobs that never started leave empty folders, which `launch` would take for
+            # queued ones: remove them (they hold nothing), so rerunning launches them.
+            for job in jobs:
+                if os.path.isdir(job.output_dir) and not os.listdir(job.output_dir):
+                    os.rmdir(job.output_dir)
+            raise
         print(f"Launched {len(jobs)} jobs!")
 
     @staticmethod
