@@ -1,0 +1,5 @@
+import sys
+
+from ex2l_domainbed.reproduce.cli import main
+
+sys.exit(main())
