@@ -19,21 +19,21 @@ lint: $(STAMP)
 test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
-# The demo: generate Spawrious-Lite M2M-Hard (cached in $(DEMO_DATA)), sweep ERM, GroupDRO and
-# EX2L the DomainBed way, print the accuracy and worst-group-accuracy tables, and draw the
-# Grad-CAM maps of ERM and EX2L on test images. Rerunning reuses finished runs. One torch
-# thread per run is fastest on a small, shared machine.
+# The demo (sweeps/demo.toml): ERM, GroupDRO and EX2L on Spawrious-Lite M2M-Hard the DomainBed
+# way, two jobs at a time (the parallel launcher divides the cores between them); then the
+# accuracy and worst-group-accuracy tables and the Grad-CAM maps of ERM and EX2L on test images.
+# The data is generated on first use (cached in $(DEMO_DATA)); rerunning reuses finished runs
+# and resumes interrupted ones.
 DEMO_DATA ?= data/spawrious_lite
 DEMO_OUT ?= demo/sweep
-DEMO_SWEEP := --algorithms ERM GroupDRO EX2L --datasets SpawriousLiteM2M_hard --test_envs 0 \
-	--data_dir $(DEMO_DATA) --output_dir $(DEMO_OUT) --command_launcher local \
-	--n_hparams 2 --n_trials 1 --skip_confirmation
+DEMO_JOBS ?= 2
+DEMO := demo --data_dir $(DEMO_DATA) --output_dir $(DEMO_OUT)
 
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m ex2l_domainbed.datasets.spawrious_lite --out $(DEMO_DATA)
-	OMP_NUM_THREADS=1 $(PY) -m domainbed.scripts.sweep delete_incomplete $(DEMO_SWEEP)
-	OMP_NUM_THREADS=1 $(PY) -m domainbed.scripts.sweep launch $(DEMO_SWEEP)
-	$(PY) -m domainbed.scripts.collect_results --input_dir $(DEMO_OUT)
+	$(PY) -m ex2l_domainbed.reproduce delete_incomplete $(DEMO) --skip_confirmation
+	DOMAINBED_PARALLEL_JOBS=$(DEMO_JOBS) $(PY) -m ex2l_domainbed.reproduce launch $(DEMO) \
+		--command_launcher parallel --skip_confirmation
+	$(PY) -m ex2l_domainbed.reproduce collect $(DEMO)
 	OMP_NUM_THREADS=1 $(PY) -m ex2l_domainbed.viz --sweep_dir $(DEMO_OUT) --data_dir $(DEMO_DATA) \
 		--out demo/gradcam.png
 

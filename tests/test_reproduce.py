@@ -124,12 +124,15 @@ def test_jobs_are_sweep_launch_jobs_both_ways(tmp_path, run_main):
     assert collected.returncode == 0 and "Total records: 1" in collected.stdout
 
 
-def test_the_demo_definition_is_make_demo(tmp_path):
-    """sweeps/demo.toml has the jobs of the Makefile's DEMO_SWEEP (so its run folders)."""
-    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    flags = re.search(r"^DEMO_SWEEP := (.*)$", makefile, re.M).group(1)
-    flags = flags.replace("$(DEMO_DATA)", "data").replace("$(DEMO_OUT)", "out")
-    parsed = sweep.build_parser().parse_args(["launch", *shlex.split(flags)])
+# The sweep that `make demo` ran before it ran sweeps/demo.toml.
+DEMO_SWEEP = ("--algorithms ERM GroupDRO EX2L --datasets SpawriousLiteM2M_hard --test_envs 0 "
+              "--data_dir data --output_dir out --command_launcher local --n_hparams 2 "
+              "--n_trials 1 --skip_confirmation")
+
+
+def test_the_demo_definition_is_the_plain_sweep_make_demo_ran(tmp_path):
+    """sweeps/demo.toml has the jobs (so the run folders) of that sweep, and make demo runs it."""
+    parsed = sweep.build_parser().parse_args(["launch", *shlex.split(DEMO_SWEEP)])
     theirs = sweep.make_args_list(
         n_trials=parsed.n_trials, dataset_names=parsed.datasets, algorithms=parsed.algorithms,
         n_hparams_from=parsed.n_hparams_from, n_hparams=parsed.n_hparams, steps=parsed.steps,
@@ -139,6 +142,8 @@ def test_the_demo_definition_is_make_demo(tmp_path):
     ours = jobs.make_jobs(definition.load("demo"), "data", "out")
     assert sorted(j.output_dir for j in ours) == sorted(sweep.Job(a, "out").output_dir
                                                         for a in theirs)
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    assert re.search(r"reproduce launch \$\(DEMO\)\s+--command_launcher parallel", makefile)
 
 
 # ------------------------------------------------------------------------------------------

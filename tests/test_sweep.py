@@ -5,11 +5,12 @@ trains its job in a subprocess through the local launcher.
 """
 import json
 import os
+import shlex
 
 import pytest
 from conftest import run_python_module
 
-from domainbed.scripts import sweep
+from domainbed.scripts import sweep, train
 
 GOLDEN_TRAIN_ARGS = {
     "algorithm": "ERM", "data_dir": "/checkpoint/dlp/datasets_new", "dataset": "VLCS",
@@ -174,3 +175,15 @@ def test_launcher_that_cannot_run_fails_before_creating_jobs(tmp_path, run_main,
     assert result.returncode == 2
     assert "multi_gpu launcher found no GPU" in result.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_save_model_every_checkpoint_reaches_train_as_a_flag():
+    (plain,) = sweep.make_args_list(1, ["Debug28"], ["ERM"], 0, 1, 3, "d", "domain_generalization",
+                                    0.2, False, None, test_envs=[0])
+    (saving,) = sweep.make_args_list(1, ["Debug28"], ["ERM"], 0, 1, 3, "d",
+                                     "domain_generalization", 0.2, False, None, test_envs=[0],
+                                     save_model_every_checkpoint=True)
+    assert "save_model_every_checkpoint" not in plain  # upstream's hashes stay
+    job = sweep.Job(saving, "out")
+    argv = shlex.split(job.command_str)[3:]
+    assert train.build_parser().parse_args(argv).save_model_every_checkpoint is True

@@ -2,7 +2,8 @@
 
 Same flags, job enumeration, output-directory hashes and command strings. Added:
 `--test_envs` (one fixed set of test environments, e.g. `0` for Spawrious),
-`--checkpoint_freq` (passed to every job), up-front checks of names, test environments
+`--checkpoint_freq` and `--save_model_every_checkpoint` (passed to every job; absent, the
+hashes are upstream's), up-front checks of names, test environments
 and --hparams, so a typo fails before any job is created, and safe relaunching: runs
 resume (train.py's resume checkpoints), so `launch` also relaunches incomplete jobs that
 were started and stopped, and `delete_incomplete` removes only what cannot be resumed, never
@@ -42,6 +43,9 @@ class Job:
         self.train_args["output_dir"] = self.output_dir
         command = ["python", "-m", "domainbed.scripts.train"]
         for k, v in sorted(self.train_args.items()):
+            if v is True:  # a store_true flag of train.py (never in upstream's sweeps)
+                command.append(f"--{k}")
+                continue
             if isinstance(v, list):
                 v = " ".join([str(v_) for v_ in v])
             elif isinstance(v, str):
@@ -139,7 +143,8 @@ def all_test_env_combinations(n: int):
 
 def make_args_list(n_trials, dataset_names, algorithms, n_hparams_from, n_hparams, steps,
                    data_dir, task, holdout_fraction, single_test_envs, hparams,
-                   test_envs=None, checkpoint_freq=None) -> list[dict]:
+                   test_envs=None, checkpoint_freq=None,
+                   save_model_every_checkpoint=False) -> list[dict]:
     args_list = []
     for trial_seed in range(n_trials):
         for dataset in dataset_names:
@@ -167,6 +172,8 @@ def make_args_list(n_trials, dataset_names, algorithms, n_hparams_from, n_hparam
                             train_args["steps"] = steps
                         if checkpoint_freq is not None:
                             train_args["checkpoint_freq"] = checkpoint_freq
+                        if save_model_every_checkpoint:
+                            train_args["save_model_every_checkpoint"] = True
                         if hparams is not None:
                             train_args["hparams"] = hparams
                         args_list.append(train_args)
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--checkpoint_freq", type=int, default=None,
                         help="Evaluate and checkpoint every N steps (default: the dataset's).")
+    parser.add_argument("--save_model_every_checkpoint", action="store_true",
+                        help="Every job also saves model_step<N>.pkl at each checkpoint.")
     parser.add_argument("--hparams", type=str, default=None)
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--single_test_envs", action="store_true")
@@ -262,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         n_hparams_from=args.n_hparams_from, n_hparams=args.n_hparams, steps=args.steps,
         data_dir=args.data_dir, task=args.task, holdout_fraction=args.holdout_fraction,
         single_test_envs=args.single_test_envs, hparams=args.hparams, test_envs=args.test_envs,
-        checkpoint_freq=args.checkpoint_freq)
+        checkpoint_freq=args.checkpoint_freq,
+        save_model_every_checkpoint=args.save_model_every_checkpoint)
     jobs = [Job(train_args, args.output_dir) for train_args in args_list]
 
     for job in jobs:

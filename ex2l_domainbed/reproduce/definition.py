@@ -47,6 +47,7 @@ class Definition:
     n_trials: int
     steps: int | None
     checkpoint_freq: int | None
+    save_model_every_checkpoint: bool
     holdout_fraction: float
     task: str
     test_envs: list[int] | None
@@ -181,6 +182,7 @@ def build(raw: dict[str, Any], path: str) -> Definition:
         hparams=dict(raw.get("hparams", {})),
         n_hparams_from=get("n_hparams_from"), n_hparams=get("n_hparams"),
         n_trials=get("n_trials"), steps=get("steps"), checkpoint_freq=get("checkpoint_freq"),
+        save_model_every_checkpoint=get("save_model_every_checkpoint"),
         holdout_fraction=float(get("holdout_fraction")), task=get("task"),
         test_envs=get("test_envs"), single_test_envs=get("single_test_envs"),
         selection=list(sweep_table.get("selection", ["IIDAccuracySelectionMethod"])),

@@ -120,6 +120,7 @@ class JobCost:
     images_per_step: int
     evaluations: int
     env_sizes: Optional[list[int]]  # images per environment, None when unknown
+    model_files: int = 1  # model.pkl, plus one per checkpoint with save_model_every_checkpoint
 
     @property
     def images_trained(self) -> int:
@@ -184,7 +185,9 @@ def job_cost(train_args: dict) -> JobCost:
     return JobCost(train_args["dataset"], backbone_of(hparams, cls),
                    family_of(train_args["algorithm"]), steps,
                    hparams["batch_size"] * n_train_envs, evaluations(steps, freq),
-                   environment_sizes(cls))
+                   environment_sizes(cls),
+                   1 + (evaluations(steps, freq)
+                        if train_args.get("save_model_every_checkpoint") else 0))
 
 
 # ------------------------------------------------------------------------------------------
@@ -272,10 +275,12 @@ def disk_lines(costs: list[JobCost]) -> list[str]:
         unknown = sorted({_backbone_label(j.backbone) for j in costs
                           if (j.backbone, j.family) not in MODEL_BYTES})
         return [f"  disk: unknown (no parameter count for {', '.join(unknown)})"]
-    final = sum(MODEL_BYTES[j.backbone, j.family][0] + j.evaluations * (RECORD_BYTES + LOG_BYTES)
-                for j in costs)
+    final = sum(j.model_files * MODEL_BYTES[j.backbone, j.family][0]
+                + j.evaluations * (RECORD_BYTES + LOG_BYTES) for j in costs)
     resume = max(sum(MODEL_BYTES[j.backbone, j.family]) for j in costs)
-    return [f"  disk: {_bytes(final)} when done (per job model.pkl = the parameters, plus "
+    every = " and one model_step file per checkpoint" if any(j.model_files > 1 for j in costs) \
+        else ""
+    return [f"  disk: {_bytes(final)} when done (per job model.pkl{every} = the parameters, plus "
             f"results.jsonl ~{RECORD_BYTES / 1e3:.1f} KB and logs ~{LOG_BYTES / 1e3:.1f} KB per "
             f"checkpoint); each running job also holds its resume checkpoint (parameters + "
             f"Adam state), up to {_bytes(resume)}, removed when it finishes"]

@@ -28,7 +28,8 @@ def train_args(definition: Definition, algorithm: str, data_dir: str) -> list[di
         n_hparams_from=d.n_hparams_from, n_hparams=d.n_hparams, steps=d.steps,
         data_dir=data_dir, task=d.task, holdout_fraction=d.holdout_fraction,
         single_test_envs=d.single_test_envs, hparams=hparams_json(d, algorithm),
-        test_envs=d.test_envs, checkpoint_freq=d.checkpoint_freq)
+        test_envs=d.test_envs, checkpoint_freq=d.checkpoint_freq,
+        save_model_every_checkpoint=d.save_model_every_checkpoint)
 
 
 def make_jobs(definition: Definition, data_dir: str, output_dir: str) -> list[sweep.Job]:

@@ -50,6 +50,7 @@ TOP = {"extends": STR, "title": STR, "sweep": TABLE, "hparams": TABLE, "algorith
        "published": TABLES}
 SWEEP = {"datasets": STRS, "test_envs": INTS, "single_test_envs": BOOL, "n_hparams": INT,
          "n_hparams_from": INT, "n_trials": INT, "steps": INT, "checkpoint_freq": INT,
+         "save_model_every_checkpoint": BOOL,
          "holdout_fraction": NUMBER, "task": STR, "selection": STRS}
 PUBLISHED = {"dataset": STR, "algorithm": STR, "aa": MEAN_SD, "wga": MEAN_SD, "source": STR}
 PUBLISHED_REQUIRED = ("dataset", "algorithm", "aa", "source")
