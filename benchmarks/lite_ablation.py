@@ -5,7 +5,7 @@ only the feature map A, through two paths: the label map relu(w_y . A) (label ev
 pushed off the positions the confounder map covers) and the confounder map relu(w_a . A)
 (location evidence is pushed off the positions the label map covers). EX2L's hparam
 `ex2l_penalty_path` cuts one path at a time by holding that whole map constant inside the
-overlap; this reruns the "EX2L-features-l3" probe of `benchmarks.lite_accuracy` with each
+overlap; this reruns the "EX2L-features-l3" probe of `benchmarks.lite_probes` with each
 cut and the same seeds (so the same initialisation and batches, paired trials):
 
     EX2L-features-l3-via-label       only the label map carries the penalty into A
@@ -13,20 +13,20 @@ cut and the same seeds (so the same initialisation and batches, paired trials):
 
     OMP_NUM_THREADS=1 python -m benchmarks.lite_ablation --jobs 2     # 6 runs, ~4 min
 
-The variants are `lite_accuracy`'s (`PATH_ABLATIONS`), and so are the run cache (its
+The variants are `lite_probes`' (`PATH_ABLATIONS`), and so are the run cache (its
 `--out_dir`, where the base probe's runs are reused), the selection (training-domain
 validation) and the table; only the defaults differ.
 """
 from __future__ import annotations
 
-from benchmarks import common, lite_accuracy
+from benchmarks import common, lite_probes
 
 
 def main(argv=None) -> int:
-    parser = lite_accuracy.build_parser(__doc__.split("\n\n")[0])
+    parser = lite_probes.build_parser(__doc__.split("\n\n")[0])
     parser.set_defaults(datasets=["SpawriousLiteM2M_hard"], n_hparams=1,
-                        variants=[lite_accuracy.ABLATION_BASE, *lite_accuracy.PATH_ABLATIONS])
-    return lite_accuracy.run(common.parse_args(parser, argv, "lite_ablation"), "lite_ablation")
+                        variants=[lite_probes.ABLATION_BASE, *lite_probes.PATH_ABLATIONS])
+    return lite_probes.run(common.parse_args(parser, argv, "lite_ablation"), "lite_ablation")
 
 
 if __name__ == "__main__":

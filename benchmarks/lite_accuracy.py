@@ -1,182 +1,126 @@
-"""Does EX2L help? ERM, GroupDRO, AttributeDANN and EX2L on Spawrious-Lite (not a test).
+"""The Lite study's diagnostics: what the standard tables do not show (not a test).
 
-DomainBed's protocol, small: for each dataset and algorithm, `--n_hparams` hparam settings
-(seed 0 = the defaults, then upstream-style random draws) x `--trials` trials, every run
-trained with `domainbed.scripts.train` (test environment 0, a checkpoint model saved every
-100 steps). Selection uses training-domain validation only: in each run the checkpoint with
-the best mean validation accuracy of the training environments, then the hparam setting with
-the best mean over trials. The test environment never chooses anything. Reported: test AA
-and WGA (mean +- sample sd over the chosen setting's trials), validation accuracy, and at the
-chosen checkpoints the training-batch diagnostics (confounder/adversary accuracy, map mass)
-plus, with `--analyse`, what the maps do on test images (`benchmarks.lite_maps`).
+The study is a sweep definition (`sweeps/lite.toml`: six challenges, the baselines and every
+EX2L formulation), run and tabulated by the standard scripts:
 
-    OMP_NUM_THREADS=1 python -m benchmarks.lite_accuracy --jobs 2   # 144 runs of 45-85 s each
-    OMP_NUM_THREADS=1 python -m benchmarks.lite_accuracy --analyse           # + map analysis
+    python -m ex2l_domainbed.reproduce launch lite --data_dir data/spawrious_lite \\
+        --output_dir runs/lite --command_launcher parallel
+    python -m ex2l_domainbed.reproduce collect lite --data_dir data/spawrious_lite \\
+        --output_dir runs/lite
 
-Runs are cached in `--out_dir` (a finished run is not retrained); the table and the JSON
-(`benchmarks/results/<device>/lite_accuracy.json`) are rebuilt from them every time.
+This reads the same folder. For each (dataset, algorithm) it takes the checkpoints that
+collect_results' training-domain validation chooses (per trial the hparams seed, and in its
+run the checkpoint, with the best mean validation accuracy of the training environments) and
+reports there, over trials: test AA and WGA, and the training-batch diagnostics that show how
+the penalty is met (confounder or adversary accuracy, map mass, all-zero maps); with
+`--analyse` also what the maps do on test images (`benchmarks.lite_maps`, which reads the
+`model_step<N>.pkl` files that the definition's `save_model_every_checkpoint` keeps):
+
+    python -m benchmarks.lite_accuracy --sweep_dir runs/lite --data_dir data/spawrious_lite
+
+Variants of one algorithm studied on the way (probes, the path ablation), which a definition
+cannot hold as rows of their own, are in `benchmarks.lite_probes`.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import time
+import sys
+
+import torch
 
 from benchmarks import common
+from domainbed import model_selection
+from domainbed.lib import reporting
+from domainbed.lib.misc import UserInputError
+from domainbed.lib.query import Q
 
-DATASETS = ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"]
-# The EX2L formulations, as fixed hparams (docs/lite_study.md):
-# separate: the confounder is honest and reads detached features;
-SEPARATE = {"ex2l_detach_confounder": True, "ex2l_confounder_grad": False}
-# features: also the label map's weights are constants, so the penalty changes features only;
-FEATURES = {**SEPARATE, "ex2l_detach_label": True}
-# cond: the confounder predicts the location given the class; clr10: it learns 10x faster.
-COND = {**FEATURES, "ex2l_conditional_confounder": True}
-CLR10 = {"ex2l_confounder_lr_mult": 10.0}
-
-# label -> (algorithm, fixed hparams): the default table.
-VARIANTS = {
-    "ERM": ("ERM", {}),
-    "GroupDRO": ("GroupDRO", {}),
-    "AttributeDANN": ("AttributeDANN", {}),
-    "EX2L": ("EX2L", {}),
-    "EX2L-honest": ("EX2L", {"ex2l_detach_confounder": True}),
-    "EX2L-features": ("EX2L", FEATURES),
-    "EX2L-features-clr10": ("EX2L", {**FEATURES, **CLR10}),
-    "EX2L-features-cond": ("EX2L", COND),
-}
-# Probes for the investigation (not in the default table), fixed settings; run them with
-# --variants ... --n_hparams 1 (defaults plus these fixed values). l = lambda, b = beta.
-L3, L10 = {"ex2l_lambda": 3.0}, {"ex2l_lambda": 10.0}
-PROBES = {
-    # the first prototype's best setting, literal and with the honest confounder
-    "EX2L-l10-b0.1": ("EX2L", {**L10, "ex2l_beta": 0.1}),
-    "EX2L-honest-l10-b0.1": ("EX2L", {**L10, "ex2l_beta": 0.1, "ex2l_detach_confounder": True}),
-    # an honest confounder that reads the features without shaping them, and learns first
-    "EX2L-honest-cg0-w300-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_warmup_steps": 300}),
-    "EX2L-honest-cg0-w300-l10": ("EX2L", {**L10, **SEPARATE, "ex2l_warmup_steps": 300}),
-    # a signed overlap: Pearson rewards a label map that is high where the confounder map
-    # is low ("look where the confounder is not")
-    "EX2L-separate-pearson-l1": ("EX2L", {**SEPARATE, "ex2l_overlap": "pearson"}),
-    "EX2L-separate-pearson-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_overlap": "pearson"}),
-    "EX2L-features-l3": ("EX2L", {**L3, **FEATURES}),
-    "EX2L-features-l10": ("EX2L", {**L10, **FEATURES}),
-    # every class explained: evidence against a class counts as much as evidence for one
-    "EX2L-allclass-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_target": "all"}),
-    "EX2L-allclass-features-l3": ("EX2L", {**L3, **FEATURES, "ex2l_target": "all"}),
-    "EX2L-features-cond-l3": ("EX2L", {**L3, **COND}),
-    # controls: beta 0 leaves the (detached, out-of-featurizer) confounder head at its random
-    # initialisation, so the penalty is against the map of an untrained head
-    "EX2L-features-l3-b0": ("EX2L", {**L3, **FEATURES, "ex2l_beta": 0.0}),
-    "EX2L-features-cond-l3-b0": ("EX2L", {**L3, **COND, "ex2l_beta": 0.0}),
-    # the confounder head with a 10x learning rate (beta cannot speed it up under Adam)
-    "EX2L-features-l3-clr10": ("EX2L", {**L3, **FEATURES, **CLR10}),
-    "EX2L-features-cond-l3-clr10": ("EX2L", {**L3, **COND, **CLR10}),
-}
-# The penalty-path ablation of one probe (`benchmarks.lite_ablation`): one map alone carries
-# the features-only penalty into the features, the other is held constant in the overlap.
-ABLATION_BASE = "EX2L-features-l3"
-PATH_ABLATIONS = {f"{ABLATION_BASE}-via-{path}":
-                  ("EX2L", {**PROBES[ABLATION_BASE][1], "ex2l_penalty_path": path})
-                  for path in ("label", "confounder")}
-# The separated formulation under the same random search as the others.
-SEARCHES = {
-    "EX2L-separate": ("EX2L", SEPARATE),
-    "EX2L-separate-w300": ("EX2L", {**SEPARATE, "ex2l_warmup_steps": 300}),
-    "EX2L-separate-iou": ("EX2L", {**SEPARATE, "ex2l_overlap": "soft_iou"}),
-}
-ALL_VARIANTS = {**VARIANTS, **PROBES, **PATH_ABLATIONS, **SEARCHES}
+SELECTION = model_selection.IIDAccuracySelectionMethod
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
                "confounder_map_mass", "label_map_zero_frac", "confounder_map_zero_frac"]
 
 
-def run_dir(out_dir: str, dataset: str, label: str, hparams_seed: int, trial: int) -> str:
-    return os.path.join(out_dir, f"{dataset}-{label}-h{hparams_seed}-t{trial}")
+def chosen_checkpoints(records: Q) -> list[dict]:
+    """Per trial, the record of the checkpoint that the standard selection chooses."""
+    chosen = []
+    for _, trial_records in records.group("args.trial_seed"):
+        ranked = SELECTION.hparams_accs(trial_records)
+        if not len(ranked):
+            continue
+        _, run_records = ranked[0]
+        chosen.append(model_selection.get_test_records(run_records).argmax(
+            lambda r: SELECTION.checkpoint_acc(r)["val_acc"]))
+    return chosen
 
 
-def train_one(job: tuple, args) -> tuple[str, float, bool]:
-    """Train one run unless it is done; return (folder, seconds, whether it ran)."""
-    dataset, label, hparams_seed, trial = job
-    algorithm, fixed = ALL_VARIANTS[label]
-    out = run_dir(args.out_dir, dataset, label, hparams_seed, trial)
-    argv = common.training_args(dataset, algorithm, args.data_dir, out, hparams_seed, trial,
-                                fixed)
-    seconds, ran = common.train_once(out, [*argv, "--save_model_every_checkpoint"],
-                                     args.threads)
-    return out, seconds, ran
-
-
-def selected_checkpoint(out: str) -> dict:
-    """The run's checkpoint chosen by training-domain validation, with its diagnostics."""
-    best, scores = common.select_checkpoint(out)
-    row = {**scores, "step": best["step"], "dir": out, "hparams": best["hparams"]}
-    row.update({k: best[k] for k in DIAGNOSTICS if k in best})
+def trial_row(record: dict) -> dict:
+    row = {"val": SELECTION.checkpoint_acc(record)["val_acc"],
+           "aa": SELECTION.checkpoint_acc(record, "acc")["test_acc"],
+           "wga": SELECTION.checkpoint_acc(record, "wga")["test_acc"],
+           "step": record["step"], "dir": record["args"]["output_dir"],
+           "hparams_seed": record["args"]["hparams_seed"]}
+    row.update({k: record[k] for k in DIAGNOSTICS if k in record})
     return row
 
 
-def select(args, dataset: str, label: str) -> dict:
-    """Pick the hparam setting with the best mean validation accuracy over its trials."""
-    settings = []
-    for hs in range(args.n_hparams):
-        trials = [selected_checkpoint(run_dir(args.out_dir, dataset, label, hs, t))
-                  for t in range(args.trials)]
-        settings.append((sum(r["val"] for r in trials) / len(trials), hs, trials))
-    val, hs, trials = max(settings, key=lambda s: (s[0], -s[1]))
-    summary = {"hparams_seed": hs, "n": len(trials),
-               "mean_val_per_setting": [round(s[0], 4) for s in settings]}
+def summarise(trials: list[dict]) -> dict:
+    summary = {"n": len(trials), "hparams_seeds": [t["hparams_seed"] for t in trials]}
     for key in ["val", "aa", "wga", *DIAGNOSTICS]:
-        if all(key in r for r in trials):
-            summary[key] = common.mean_sd([r[key] for r in trials])
+        values = [t[key] for t in trials if t.get(key) is not None]
+        if len(values) == len(trials):
+            summary[key] = common.mean_sd(values)
     summary["trials"] = trials
     return summary
 
 
+def build_table(sweep_dir: str) -> dict[tuple[str, str], dict]:
+    records = reporting.load_records(sweep_dir)
+    table = {}
+    for (dataset, algorithm), group in records.group("args.dataset, args.algorithm"):
+        trials = [trial_row(r) for r in chosen_checkpoints(group)]
+        if trials:
+            table[dataset, algorithm] = summarise(trials)
+    return table
+
+
 def label_width(table: dict) -> int:
-    """Width of the algorithm column: the longest variant label in the table."""
-    return max([14, *(len(label) for _, label in table)])
+    return max([14, *(len(algorithm) for _, algorithm in table)])
 
 
 def print_table(table: dict) -> None:
     width = label_width(table)
-    header = (f"{'dataset':<24} {'algorithm':<{width}} {'h':>2}  {'val':>13}  {'test AA':>13}  "
-              f"{'test WGA':>13}  {'conf/adv acc':>13}")
-    print("\n" + header + "\n" + "-" * len(header))
-    for (dataset, label), row in table.items():
+    header = (f"{'dataset':<24} {'algorithm':<{width}} {'n':>2}  {'val':>13}  {'test AA':>13}  "
+              f"{'test WGA':>13}  {'conf/adv acc':>13}  {'label mass':>13}")
+    print("\nChosen checkpoints (training-domain validation), mean ± sd over trials")
+    print(header + "\n" + "-" * len(header))
+    for (dataset, algorithm), row in table.items():
         cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ("val", "aa", "wga")]
-        conf = row.get("confounder_acc") or row.get("adversary_acc")
-        cells.append(f"{conf[0]:.3f} ± {conf[1]:.3f}" if conf else f"{'-':>13}")
-        print(f"{dataset:<24} {label:<{width}} {row['hparams_seed']:>2}  " + "  ".join(cells))
+        for key in (("confounder_acc", "adversary_acc"), ("label_map_mass",)):
+            value = next((row[k] for k in key if k in row), None)
+            cells.append(f"{value[0]:.3f} ± {value[1]:.3f}" if value else f"{'-':>13}")
+        print(f"{dataset:<24} {algorithm:<{width}} {row['n']:>2}  " + "  ".join(cells))
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """This study's options (`lite_ablation` reuses them with other defaults)."""
-    parser = argparse.ArgumentParser(
-        description=description, parents=[common.training_options("runs/lite_accuracy")])
-    parser.add_argument("--datasets", nargs="*", default=DATASETS)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
-                        choices=list(ALL_VARIANTS))
-    parser.add_argument("--n_hparams", type=int, default=3)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep_dir", required=True,
+                        help="the --output_dir of `reproduce launch lite` (or any Lite sweep)")
+    parser.add_argument("--data_dir", default="data/spawrious_lite",
+                        help="the Lite data (for --analyse)")
     parser.add_argument("--analyse", action="store_true",
                         help="also measure the maps of the chosen checkpoints on test images")
+    parser.add_argument("--out", default=None,
+                        help="JSON output (default: results/<device>/lite_accuracy.json)")
     return parser
 
 
-def run(args: argparse.Namespace, benchmark: str) -> int:
-    """Train what is missing, select, print the table(s) and write `args.out`."""
-    common.ensure_lite_data(args.data_dir)
-    jobs = [(d, v, hs, t) for d in args.datasets for v in args.variants
-            for hs in range(args.n_hparams) for t in range(args.trials)]
-    print(f"{len(jobs)} runs, {args.jobs} at a time, torch threads per run: {args.threads}",
-          flush=True)
-    t0, seconds = time.time(), []
-    for _, (out, secs, ran) in common.in_parallel(lambda job: train_one(job, args), jobs,
-                                                   args.jobs):
-        if ran:
-            seconds.append(secs)
-            print(f"  done {os.path.basename(out)} ({secs:.0f} s)", flush=True)
-    print(f"training: {time.time() - t0:.0f} s wall, {len(seconds)} runs trained")
-
-    table = {(d, v): select(args, d, v) for d in args.datasets for v in args.variants}
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        reporting.check_sweep_dir(args.sweep_dir)
+    except UserInputError as exc:
+        print(f"error: {exc}".replace("--input_dir", "--sweep_dir"), file=sys.stderr)
+        return 2
+    table = build_table(args.sweep_dir)
     if args.analyse:
         from benchmarks import lite_maps
         for row in table.values():
@@ -184,20 +128,12 @@ def run(args: argparse.Namespace, benchmark: str) -> int:
     print_table(table)
     if args.analyse:
         lite_maps.print_table(table, label_width(table))
-    import torch
-    result = {"benchmark": benchmark, "selection": "training-domain validation",
-              "n_hparams": args.n_hparams, "trials": args.trials, "threads_per_run": args.threads,
-              "parallel_runs": args.jobs, "torch": torch.__version__,
-              "variants": {k: {"algorithm": a, "fixed_hparams": h}
-                           for k, (a, h) in ALL_VARIANTS.items() if k in args.variants},
-              "table": {f"{d}/{v}": row for (d, v), row in table.items()}}
-    common.write_json(args.out, result)
+    result = {"benchmark": "lite_accuracy", "selection": SELECTION.name,
+              "sweep_dir": args.sweep_dir,
+              "table": {f"{d}/{a}": row for (d, a), row in table.items()}}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    common.write_json(args.out or common.default_out("lite_accuracy", device), result)
     return 0
-
-
-def main(argv=None) -> int:
-    parser = build_parser(__doc__.split("\n\n")[0])
-    return run(common.parse_args(parser, argv, "lite_accuracy"), "lite_accuracy")
 
 
 if __name__ == "__main__":
