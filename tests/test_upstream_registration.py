@@ -23,7 +23,8 @@ from upstream_standin import standin_env, write_standin
 
 REPO = Path(__file__).resolve().parents[1]
 # Modules bound to whichever `domainbed` was importable when they were imported.
-REBOUND = ("ex2l_domainbed.algorithm", "ex2l_domainbed.plugin", "ex2l_domainbed.upstream")
+REBOUND = ("ex2l_domainbed.algorithm", "ex2l_domainbed.formulations", "ex2l_domainbed.plugin",
+           "ex2l_domainbed.upstream")
 
 
 def _seed_hash(*args) -> int:
