@@ -16,6 +16,7 @@ from test_list_top_hparams import write_sweep
 from domainbed import algorithms
 from domainbed.plugins import load_plugins
 from domainbed.scripts import collect_results, download, list_top_hparams, sweep, train
+from ex2l_domainbed.reproduce import cli as reproduce
 
 load_plugins()
 
@@ -55,6 +56,22 @@ def _top(tmp: Path, algorithm: str, test_env: str) -> list[str]:
     write_sweep(_folder(tmp, "sweep"))
     return ["--input_dir", str(tmp / "sweep"), "--dataset", "Debug28", "--algorithm", algorithm,
             "--test_env", test_env]
+
+
+def _definition(tmp: Path, text: str) -> list[str]:
+    """`reproduce launch --dry_run` of a small definition holding `text` after its [sweep]."""
+    path = tmp / "tiny.toml"
+    path.write_text('[sweep]\ndatasets = ["Debug28"]\ntest_envs = [0]\n' + text)
+    return ["launch", str(path), "--data_dir", str(tmp / "data"), "--output_dir",
+            str(tmp / "out"), "--dry_run"]
+
+
+def _other_run(tmp: Path) -> list[str]:
+    """A folder that holds another run's records (seed 1), relaunched with seed 2."""
+    run = _folder(tmp, "run")
+    args = vars(train.build_parser().parse_args(_train(tmp, "--seed", "1")))
+    (run / "results.jsonl").write_text(json.dumps({"args": args, "step": 0}) + "\n")
+    return _train(tmp, "--seed", "2")
 
 
 # id -> (main, argv(tmp), exit status, phrases)
@@ -113,6 +130,22 @@ CATALOGUE = {
                                       ["is below the file"]),
     "sweep/unknown launcher": (sweep.main, lambda t: _sweep(t, "--command_launcher", "nope"), 2,
                                ["Unknown --command_launcher 'nope'"]),
+    "sweep/checkpoint freq 0": (sweep.main, lambda t: _sweep(t, "--checkpoint_freq", "0"), 2,
+                                ["--checkpoint_freq must be a positive integer"]),
+    # --- train: a folder is one run
+    "train/a folder of other arguments": (train.main, _other_run, 2,
+                                          ["holds a run with other arguments", "seed: 1 there",
+                                           "own --output_dir"]),
+    # --- reproduce (more in test_reproduce.py)
+    "reproduce/unknown definition": (reproduce.main, lambda t: [
+        "launch", "spawrious_m2m_hardd", "--data_dir", str(t), "--output_dir", str(t / "o")], 2,
+        ["spawrious_m2m_hardd", "spawrious_m2m_hard"]),
+    "reproduce/misspelled key": (reproduce.main, lambda t: _definition(
+        t, "n_trial = 3\n[algorithms.ERM]\n"), 2, ["'n_trial'", "did you mean 'n_trials'"]),
+    "reproduce/unregistered algorithm": (reproduce.main, lambda t: _definition(
+        t, "[algorithms.ERMM]\n"), 2, ["Algorithm not found: ERMM"]),
+    "reproduce/hparam the algorithm does not take": (reproduce.main, lambda t: _definition(
+        t, "[algorithms.ERM]\nex2l_lambda = 3.0\n"), 2, ["ex2l_lambda"]),
     # --- the collector and list_top_hparams (more in test_collect_robust.py)
     "collect/empty folder": (collect_results.main, lambda t: [
         "--input_dir", str(_folder(t, "empty"))], 2, ["holds no run folders",

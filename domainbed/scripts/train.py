@@ -109,6 +109,7 @@ def validate_args(args: argparse.Namespace):
     algorithm_class = algorithms.get_algorithm_class(args.algorithm)
     n_envs = len(dataset_class.ENVIRONMENTS)
     misc.check_distinct_test_envs(args.test_envs)
+    misc.check_fixed_test_envs(dataset_class, args.dataset, args.test_envs)
     if args.data_dir is None and getattr(dataset_class, "NEEDS_DATA_DIR", True):
         raise misc.UserInputError(
             f"{args.dataset} needs --data_dir: the folder that holds its data (or, for a "
@@ -118,7 +119,7 @@ def validate_args(args: argparse.Namespace):
             raise misc.UserInputError(
                 f"--test_envs {env} is out of range: {args.dataset} has {n_envs} environments "
                 f"(0..{n_envs - 1}: {', '.join(dataset_class.ENVIRONMENTS)}).")
-    if len(set(args.test_envs)) == n_envs:
+    if not datasets.training_envs(dataset_class, args.test_envs):
         raise misc.UserInputError(
             f"--test_envs {args.test_envs} leaves no training environment in {args.dataset}.")
     for flag in ("steps", "checkpoint_freq"):
@@ -221,6 +222,16 @@ def print_environment() -> None:
     print("\tThreads: {}".format(torch.get_num_threads()))
 
 
+def balancing_weights(hparams: dict[str, Any]):
+    """The sampling weights the hparams ask for: equal groups (`group_balanced`, older
+    checkpoints lack it), equal classes (`class_balanced`, upstream's), or None."""
+    if hparams.get("group_balanced", False):
+        return misc.make_weights_for_balanced_groups
+    if hparams["class_balanced"]:
+        return misc.make_weights_for_balanced_classes
+    return None
+
+
 def make_splits(dataset, args, hparams):
     """Upstream's splits: per env an out (holdout) split, an in split, and for test envs a uda split."""
     in_splits, out_splits, uda_splits = [], [], []
@@ -232,10 +243,10 @@ def make_splits(dataset, args, hparams):
             uda, in_ = misc.split_dataset(
                 in_, int(len(in_) * args.uda_holdout_fraction),
                 misc.seed_hash(args.trial_seed, env_i))
-        if hparams["class_balanced"]:
-            in_weights = misc.make_weights_for_balanced_classes(in_)
-            out_weights = misc.make_weights_for_balanced_classes(out)
-            uda_weights = misc.make_weights_for_balanced_classes(uda) if uda else None
+        balance = balancing_weights(hparams)
+        if balance is not None:
+            in_weights, out_weights = balance(in_), balance(out)
+            uda_weights = balance(uda) if uda else None
         else:
             in_weights, out_weights, uda_weights = None, None, None
         in_splits.append((in_, in_weights))
@@ -250,8 +261,9 @@ def make_splits(dataset, args, hparams):
 def check_batch_size(dataset, in_splits, uda_splits, args, hparams) -> None:
     """A training split smaller than the batch never yields a batch (upstream then hangs)."""
     batch_size = hparams["batch_size"]
+    train_envs = datasets.training_envs(dataset, args.test_envs)
     sampled = [(f"Training environment {i} ('{dataset.ENVIRONMENTS[i]}')", "in-split", env)
-               for i, (env, _) in enumerate(in_splits) if i not in args.test_envs]
+               for i, (env, _) in enumerate(in_splits) if i in train_envs]
     sampled += [(f"Unlabeled split {k}", "uda split", env) for k, (env, _) in enumerate(uda_splits)]
     for who, split_name, env in sampled:
         if len(env) >= batch_size:
@@ -277,7 +289,7 @@ def save_checkpoint(path: str, algorithm, args, dataset, hparams, extra: dict) -
         "args": vars(args),
         "model_input_shape": dataset.input_shape,
         "model_num_classes": dataset.num_classes,
-        "model_num_domains": len(dataset) - len(args.test_envs),
+        "model_num_domains": len(datasets.training_envs(dataset, args.test_envs)),
         "model_hparams": hparams,
         "model_dict": algorithm.state_dict(),
         **{f"model_{k}": v for k, v in extra.items()},
@@ -329,17 +341,21 @@ def train(args: argparse.Namespace) -> None:
     check_hparams = getattr(algorithm_class, "check_hparams", None)
     if check_hparams is not None:  # an algorithm may vet its hparams before any work
         check_hparams(hparams)
+    if hparams.get("group_balanced", False) and not dataset_class.ATTRIBUTES:
+        raise misc.UserInputError(
+            f"group_balanced needs groups, and {args.dataset} has no attribute: use "
+            "class_balanced, or an attribute-aware dataset.")
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    with run_folder.training_lock(args.output_dir):
-        try:
-            resume_state = check_folder(args, hparams)
-        except AlreadyDone:
-            print(f"{args.output_dir} holds this run, finished (done marker, same arguments): "
-                  "nothing to do.")
-            return
-        with tee_output(args.output_dir):
-            run_training(args, dataset_class, algorithm_class, hparams, resume_state)
+    try:
+        check_folder(args, hparams)  # first without the lock, so a refusal writes nothing
+        os.makedirs(args.output_dir, exist_ok=True)
+        with run_folder.training_lock(args.output_dir):
+            resume_state = check_folder(args, hparams)  # again: the folder may have changed
+            with tee_output(args.output_dir):
+                run_training(args, dataset_class, algorithm_class, hparams, resume_state)
+    except AlreadyDone:
+        print(f"{args.output_dir} holds this run, finished (done marker, same arguments): "
+              "nothing to do.")
 
 
 def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
@@ -367,8 +383,8 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     check_batch_size(dataset, in_splits, uda_splits, args, hparams)
 
     workers = num_workers(dataset)
-    streams = [(env, weights) for i, (env, weights) in enumerate(in_splits)
-               if i not in args.test_envs] + list(uda_splits)
+    train_envs = datasets.training_envs(dataset, args.test_envs)
+    streams = [in_splits[i] for i in train_envs] + list(uda_splits)
     starts = resume_state["loader_positions"] if resume_state else [0] * len(streams)
     loaders = [InfiniteDataLoader(env, weights, hparams["batch_size"], workers,
                                   seed=misc.seed_hash(args.seed, "stream", k), start=start)
@@ -387,7 +403,7 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     keep_attributes = with_groups and getattr(algorithm_class, "USES_ATTRIBUTES", False)
     extra = algorithms.attribute_kwargs(algorithm_class, dataset) if keep_attributes else {}
     algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
-                                len(dataset) - len(args.test_envs), hparams, **extra)
+                                len(train_envs), hparams, **extra)
     algorithm.to(device)
     results_path = os.path.join(args.output_dir, "results.jsonl")
     resume_path = run_folder.path(args.output_dir, run_folder.RESUME)
@@ -429,6 +445,8 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
 
         if (step % checkpoint_freq == 0) or (step == n_steps - 1):
             results: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
+            if dataset.VALIDATION_ENVS:  # for selection on the validation split
+                results["validation_envs"] = list(dataset.VALIDATION_ENVS)
             for key, val in checkpoint_vals.items():
                 results[key] = np.mean(val)
             accs, nested = evaluate_all(algorithm, evals, device, with_groups)
