@@ -4,6 +4,9 @@ A dataset is built as `Cls(root, test_envs, hparams)` and indexed by environment
 each environment is a torch Dataset yielding `(x, y)`. An attribute-aware dataset
 also sets `ATTRIBUTES` (the names of its nuisance attribute's values) and its
 environments yield `(x, y, a)`; a group is the pair `(y, a)`.
+A subpopulation benchmark (fixed train / validation / test splits instead of domains) maps
+its splits onto environments: `VALIDATION_ENVS` are never trained on (model selection reads
+them) and `FIXED_TEST_ENVS` are the only test environments it accepts.
 Plugins add datasets with `register_dataset`.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ DATASETS: list[str] = PluginNames([
     "Debug28",
     "Debug224",
     "DebugAttr28",
+    "DebugSubpop28",
 ])
 
 
@@ -42,6 +46,12 @@ def register_dataset(name: str, cls: type) -> None:
         DATASETS.append(name)
 
 
+def training_envs(dataset, test_envs) -> list[int]:
+    """The environments a run trains on: neither test nor validation environments."""
+    held_out = set(test_envs) | set(getattr(dataset, "VALIDATION_ENVS", ()))
+    return [i for i in range(len(dataset.ENVIRONMENTS)) if i not in held_out]
+
+
 def has_attributes(dataset) -> bool:
     """True when the dataset's environments yield `(x, y, a)`."""
     return bool(getattr(dataset, "ATTRIBUTES", None))
@@ -56,6 +66,8 @@ class MultipleDomainDataset:
     ATTRIBUTES: list[str] | None = None   # set by attribute-aware datasets
     FEATURIZER: str | None = None   # a backbone's name in networks.FEATURIZERS; None: by shape
     NEEDS_DATA_DIR = True   # train.py refuses to run it without --data_dir
+    VALIDATION_ENVS: tuple[int, ...] = ()  # evaluated for model selection, never trained on
+    FIXED_TEST_ENVS: tuple[int, ...] | None = None  # the only test envs it accepts
 
     def __getitem__(self, index: int):
         return self.datasets[index]
@@ -113,3 +125,15 @@ class DebugAttr28(Debug):
             a = torch.where(torch.rand(len(y)) < agree[i], y, 1 - y)
             x = x + a.view(-1, 1, 1, 1).float()  # the attribute is visible in the image
             self.datasets[i] = TensorDataset(x, y, a)
+
+
+class DebugSubpop28(DebugAttr28):
+    """DebugAttr28 as a subpopulation benchmark: fixed train / validation / test splits.
+
+    The way Waterbirds and CelebA map onto environments: train on environment 0, select
+    on environment 1 (never trained on), report environment 2, the only test environment.
+    """
+
+    ENVIRONMENTS = ["train", "val", "test"]
+    VALIDATION_ENVS = (1,)
+    FIXED_TEST_ENVS = (2,)

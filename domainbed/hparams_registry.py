@@ -163,6 +163,8 @@ def _definitions(algorithm: str, dataset: str, random_seed: int
     _hparam("resnet18", False, lambda r: False)
     _hparam("resnet_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)
     _hparam("class_balanced", False, lambda r: False)
+    # Sample every (label, attribute) group equally (attribute-aware datasets only).
+    _hparam("group_balanced", False, lambda r: False)
     # Upstream disables nonlinear classifiers in the random search; so do we.
     _hparam("nonlinear_classifier", False, lambda r: bool(r.choice([False, False])))
     # Frozen BatchNorm statistics: the classic DomainBed and Spawrious-era setting.

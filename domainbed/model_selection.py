@@ -136,6 +136,30 @@ class WorstGroupValidationSelectionMethod(IIDAccuracySelectionMethod):
                 "test_acc": _test_value(record, test_env, metric)}
 
 
+class ValidationWorstGroupSelectionMethod(IIDAccuracySelectionMethod):
+    """Early-stop on the worst-group accuracy of the validation split, the protocol of
+    subpopulation benchmarks (Waterbirds, CelebA; SubpopBench and BalancingGroups select so).
+
+    Their records name the validation environments (`validation_envs`, written by train.py
+    for a dataset with `VALIDATION_ENVS`); the value is the lowest `env{v}_in_wga` among them
+    (run them with --holdout_fraction 0, so the in-split is the whole validation split).
+    Records without validation environments have none.
+    """
+
+    name = "validation-split worst-group accuracy"
+
+    @classmethod
+    def checkpoint_acc(cls, record: dict, metric: str = "acc") -> RunAcc:
+        envs = record.get("validation_envs")
+        if not envs:
+            return None
+        wgas = [record.get(f"env{v}_in_wga") for v in envs]
+        if any(v is None or math.isnan(v) for v in wgas):
+            return None
+        test_env = record["args"]["test_envs"][0]
+        return {"val_acc": float(min(wgas)), "test_acc": _test_value(record, test_env, metric)}
+
+
 class LeaveOneOutSelectionMethod(SelectionMethod):
     """Validate on each held-out training env in turn, using the two-test-env runs."""
 

@@ -74,6 +74,16 @@ def check_distinct_test_envs(test_envs: Sequence[int]) -> None:
             f"{' '.join(map(str, dict.fromkeys(test_envs)))}.")
 
 
+def check_fixed_test_envs(dataset_class: type, name: str, test_envs) -> None:
+    """A dataset with fixed splits (a subpopulation benchmark) takes only its test envs."""
+    fixed = getattr(dataset_class, "FIXED_TEST_ENVS", None)
+    if fixed is not None and sorted(test_envs) != sorted(fixed):
+        envs = dataset_class.ENVIRONMENTS
+        raise UserInputError(
+            f"{name} has fixed splits ({', '.join(f'{i}: {e}' for i, e in enumerate(envs))}): "
+            f"use --test_envs {' '.join(map(str, fixed))}, not {' '.join(map(str, test_envs))}.")
+
+
 def check_output_dir(path: str, flag: str = "--output_dir") -> None:
     """A folder path that can be created: not a file, and not below one (`file/sub`)."""
     probe = os.path.abspath(path)
@@ -137,15 +147,32 @@ def labels_of(dataset) -> list[int]:
     return [int(item[1]) for item in dataset]
 
 
+def groups_of(dataset) -> list[tuple[int, int]]:
+    """The (label, attribute) group of every item, read like `labels_of` (from a `samples`
+    list of (path, y, a) where there is one)."""
+    if isinstance(dataset, _SplitDataset):
+        inner = dataset.underlying_dataset
+        if hasattr(inner, "samples"):
+            return [(int(inner.samples[k][1]), int(inner.samples[k][2])) for k in dataset.keys]
+    elif hasattr(dataset, "samples"):
+        return [(int(s[1]), int(s[2])) for s in dataset.samples]
+    return [(int(item[1]), int(item[2])) for item in dataset]
+
+
+def _balanced_weights(keys: list) -> torch.Tensor:
+    """Per-sample weights 1 / (count[key] * n_keys): every key is drawn equally often."""
+    counts = Counter(keys)
+    return torch.tensor([1.0 / (counts[k] * len(counts)) for k in keys])
+
+
 def make_weights_for_balanced_classes(dataset) -> torch.Tensor:
     """Per-sample weights 1 / (count[y] * n_classes), so that classes are sampled equally."""
-    labels = labels_of(dataset)
-    counts = Counter(labels)
-    n_classes = len(counts)
-    weights = torch.zeros(len(labels))
-    for i, y in enumerate(labels):
-        weights[i] = 1.0 / (counts[y] * n_classes)
-    return weights
+    return _balanced_weights(labels_of(dataset))
+
+
+def make_weights_for_balanced_groups(dataset) -> torch.Tensor:
+    """Per-sample weights 1 / (count[(y, a)] * n_groups): groups are sampled equally."""
+    return _balanced_weights(groups_of(dataset))
 
 
 def _correct(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -195,6 +195,9 @@ def print_report(records: Q, latex: bool = False, markdown: bool = False) -> Non
         if reporting.has_wga(records):
             blocks.append((model_selection.WorstGroupValidationSelectionMethod, "acc"))
             blocks += [(method, "wga") for method in WGA_METHODS]
+        if any(record.get("validation_envs") for record in records):  # subpopulation data
+            blocks += [(model_selection.ValidationWorstGroupSelectionMethod, metric)
+                       for metric in ("acc", "wga")]
         for method, metric in blocks:
             print_method_block(records, method, metric, latex, markdown)
 

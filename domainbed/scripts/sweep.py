@@ -149,7 +149,10 @@ def make_args_list(n_trials, dataset_names, algorithms, n_hparams_from, n_hparam
     for trial_seed in range(n_trials):
         for dataset in dataset_names:
             for algorithm in algorithms:
-                if test_envs is not None:
+                fixed = datasets.get_dataset_class(dataset).FIXED_TEST_ENVS
+                if fixed is not None:  # fixed splits: one set of test envs, whatever asked
+                    all_test_envs = [list(fixed)]
+                elif test_envs is not None:
                     all_test_envs = [list(test_envs)]
                 elif single_test_envs:
                     all_test_envs = [[i] for i in range(datasets.num_environments(dataset))]
@@ -196,6 +199,11 @@ def validate_args(args: argparse.Namespace) -> None:
     misc.check_output_dir(args.output_dir)
     for name in args.datasets:
         n_envs = datasets.num_environments(name)
+        dataset_class = datasets.get_dataset_class(name)
+        if dataset_class.FIXED_TEST_ENVS is not None:
+            if args.test_envs is not None:
+                misc.check_fixed_test_envs(dataset_class, name, args.test_envs)
+            continue
         if args.test_envs is not None:
             bad = [e for e in args.test_envs if not 0 <= e < n_envs]
             if bad:
