@@ -16,8 +16,9 @@ def is_this_harness() -> bool:
 
 
 def register() -> None:
-    """Add EX2L (after ERM and GroupDRO) and its formulations, the AttributeDANN baseline,
-    the Lite backbone, the Spawrious and Spawrious-Lite datasets and their hparams
+    """Add EX2L (after ERM and GroupDRO) and its formulations, the AttributeDANN baseline and
+    the group-aware baselines, the Lite backbone, the datasets (Spawrious, Spawrious-Lite,
+    ColoredMNIST, the subpopulation benchmarks, their stand-ins) and their hparams
     (idempotent)."""
     if not is_this_harness():
         from ex2l_domainbed import upstream
@@ -27,12 +28,14 @@ def register() -> None:
     from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
     from ex2l_domainbed.backbones import BACKBONES
     from ex2l_domainbed.baselines import AttributeDANN, adversary_hparams
-    from ex2l_domainbed.datasets import spawrious, spawrious_lite
+    from ex2l_domainbed.datasets import colored_mnist, spawrious, spawrious_lite, subpop
     from ex2l_domainbed.formulations import FORMULATIONS
+    from ex2l_domainbed.group_baselines import GROUP_BASELINES, group_baseline_hparams
 
     for name, builder in BACKBONES.items():
         networks.register_featurizer(name)(builder)
-    for name, cls in {**spawrious.SPAWRIOUS_DATASETS, **spawrious_lite.LITE_DATASETS}.items():
+    for name, cls in {**spawrious.SPAWRIOUS_DATASETS, **spawrious_lite.LITE_DATASETS,
+                      **colored_mnist.DATASETS, **subpop.DATASETS}.items():
         datasets.register_dataset(name, cls)
     hparams_registry.register_hparams_hook(spawrious_lite.lite_hparams)
     after = "GroupDRO" if "GroupDRO" in algorithms.ALGORITHMS else None
@@ -44,3 +47,8 @@ def register() -> None:
     hparams_registry.register_hparams_hook(ex2l_hparams)
     algorithms.register_algorithm("AttributeDANN", AttributeDANN, after=previous)
     hparams_registry.register_hparams_hook(adversary_hparams)
+    previous = "AttributeDANN"
+    for name, cls in GROUP_BASELINES.items():
+        algorithms.register_algorithm(name, cls, after=previous)
+        previous = name
+    hparams_registry.register_hparams_hook(group_baseline_hparams)

@@ -25,6 +25,7 @@ HARNESS_REQUIRES = PLUGIN_REQUIRES + [
     "submitit",
     "scikit-image",  # real photographs and textures behind Spawrious-Lite
     "matplotlib",  # Grad-CAM figures (ex2l_domainbed.viz)
+    "scikit-learn",  # handwritten digits behind the offline ColoredMNIST stand-in
 ]
 ENTRY_POINTS = {"domainbed.plugins": ["ex2l = ex2l_domainbed.plugin:register"]}
 PACKAGE_DATA = {"ex2l_domainbed.datasets": ["weights/*.pt", "weights/*.json"]}
