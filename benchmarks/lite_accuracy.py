@@ -83,21 +83,24 @@ def build_table(sweep_dir: str) -> dict[tuple[str, str], dict]:
 
 
 def label_width(table: dict) -> int:
+    """Width of the algorithm column: the longest algorithm (or variant) label."""
     return max([14, *(len(algorithm) for _, algorithm in table)])
 
 
-def print_table(table: dict) -> None:
+def print_table(table: dict, count: tuple[str, str] = ("n", "n"),
+                title: str = "Chosen checkpoints (training-domain validation)") -> None:
+    """One row per (dataset, algorithm): `count` is (header, row key) of the small column."""
     width = label_width(table)
-    header = (f"{'dataset':<24} {'algorithm':<{width}} {'n':>2}  {'val':>13}  {'test AA':>13}  "
-              f"{'test WGA':>13}  {'conf/adv acc':>13}  {'label mass':>13}")
-    print("\nChosen checkpoints (training-domain validation), mean ± sd over trials")
+    header = (f"{'dataset':<24} {'algorithm':<{width}} {count[0]:>2}  {'val':>13}  "
+              f"{'test AA':>13}  {'test WGA':>13}  {'conf/adv acc':>13}  {'label mass':>13}")
+    print(f"\n{title}, mean ± sd over trials")
     print(header + "\n" + "-" * len(header))
     for (dataset, algorithm), row in table.items():
         cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ("val", "aa", "wga")]
         for key in (("confounder_acc", "adversary_acc"), ("label_map_mass",)):
             value = next((row[k] for k in key if k in row), None)
             cells.append(f"{value[0]:.3f} ± {value[1]:.3f}" if value else f"{'-':>13}")
-        print(f"{dataset:<24} {algorithm:<{width}} {row['n']:>2}  " + "  ".join(cells))
+        print(f"{dataset:<24} {algorithm:<{width}} {row[count[1]]:>2}  " + "  ".join(cells))
 
 
 def build_parser() -> argparse.ArgumentParser:

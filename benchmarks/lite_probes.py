@@ -23,7 +23,7 @@ import argparse
 import os
 import time
 
-from benchmarks import common
+from benchmarks import common, lite_accuracy
 from ex2l_domainbed import formulations
 
 DATASETS = ["SpawriousLiteM2M_hard", "SpawriousLiteO2O_easy"]
@@ -124,23 +124,6 @@ def select(args, dataset: str, label: str) -> dict:
     return summary
 
 
-def label_width(table: dict) -> int:
-    """Width of the algorithm column: the longest variant label in the table."""
-    return max([14, *(len(label) for _, label in table)])
-
-
-def print_table(table: dict) -> None:
-    width = label_width(table)
-    header = (f"{'dataset':<24} {'algorithm':<{width}} {'h':>2}  {'val':>13}  {'test AA':>13}  "
-              f"{'test WGA':>13}  {'conf/adv acc':>13}")
-    print("\n" + header + "\n" + "-" * len(header))
-    for (dataset, label), row in table.items():
-        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ("val", "aa", "wga")]
-        conf = row.get("confounder_acc") or row.get("adversary_acc")
-        cells.append(f"{conf[0]:.3f} ± {conf[1]:.3f}" if conf else f"{'-':>13}")
-        print(f"{dataset:<24} {label:<{width}} {row['hparams_seed']:>2}  " + "  ".join(cells))
-
-
 def build_parser(description: str) -> argparse.ArgumentParser:
     """This study's options (`lite_ablation` reuses them with other defaults)."""
     parser = argparse.ArgumentParser(
@@ -175,9 +158,10 @@ def run(args: argparse.Namespace, benchmark: str) -> int:
         from benchmarks import lite_maps
         for row in table.values():
             row["maps"] = lite_maps.analyse_trials(row["trials"], args.data_dir)
-    print_table(table)
+    lite_accuracy.print_table(table, count=("h", "hparams_seed"),
+                              title="Chosen setting (best mean validation over its trials)")
     if args.analyse:
-        lite_maps.print_table(table, label_width(table))
+        lite_maps.print_table(table, lite_accuracy.label_width(table))
     import torch
     result = {"benchmark": benchmark, "selection": "training-domain validation",
               "n_hparams": args.n_hparams, "trials": args.trials, "threads_per_run": args.threads,
