@@ -27,14 +27,31 @@ def make_minibatches(dataset, batch_size):
     return minibatches
 
 
+def requires_attributes(algorithm_name):
+    return getattr(algorithms.get_algorithm_class(algorithm_name), "REQUIRES_ATTRIBUTES", False)
+
+
 def build(algorithm_name, dataset_name="Debug28", **overrides):
+    """The algorithm as train.py builds it; one that needs groups gets an attribute-aware
+    Debug dataset (the same images with an attribute) and its number of attribute values."""
     torch.manual_seed(0)
+    if requires_attributes(algorithm_name) and dataset_name == "Debug28":
+        dataset_name = "DebugAttr28"
     hparams = hparams_registry.default_hparams(algorithm_name, dataset_name)
     hparams.update(overrides)
     dataset = datasets.get_dataset_class(dataset_name)("", [], hparams)
-    algorithm = algorithms.get_algorithm_class(algorithm_name)(
-        dataset.input_shape, dataset.num_classes, len(dataset), hparams)
+    cls = algorithms.get_algorithm_class(algorithm_name)
+    extra = algorithms.attribute_kwargs(cls, dataset) if requires_attributes(algorithm_name) else {}
+    algorithm = cls(dataset.input_shape, dataset.num_classes, len(dataset), hparams, **extra)
     return algorithm, dataset, hparams
+
+
+def contract_minibatches(algorithm_name, dataset, batch_size):
+    """Upstream's (x, y) minibatches; (x, y, a) for an algorithm that needs groups."""
+    if not requires_attributes(algorithm_name):
+        return make_minibatches(dataset, batch_size)
+    return [tuple(torch.stack([torch.as_tensor(env[i][j]) for i in range(batch_size)])
+                  for j in range(3)) for env in dataset]
 
 
 
@@ -45,7 +62,7 @@ def build(algorithm_name, dataset_name="Debug28", **overrides):
 def test_init_update_predict(algorithm_name):
     algorithm, dataset, _ = build(algorithm_name)
     assert isinstance(algorithm, nn.Module)
-    minibatches = make_minibatches(dataset, 8)
+    minibatches = contract_minibatches(algorithm_name, dataset, 8)
     for _ in range(3):
         out = algorithm.update(minibatches)
         assert isinstance(out, dict) and out
@@ -75,7 +92,8 @@ def test_update_accepts_attribute_triples(algorithm_name):
 @pytest.mark.parametrize("algorithm_name", algorithms.ALGORITHMS)
 def test_update_copes_with_single_class_batches(algorithm_name):
     algorithm, dataset, _ = build(algorithm_name)
-    minibatches = [(x, torch.zeros_like(y)) for x, y in make_minibatches(dataset, 8)]
+    minibatches = [(x, torch.zeros_like(y), *rest)
+                   for x, y, *rest in contract_minibatches(algorithm_name, dataset, 8)]
     for _ in range(3):
         out = algorithm.update(minibatches)
         assert all(torch.isfinite(torch.tensor(v)) for v in out.values())

@@ -136,6 +136,10 @@ CATALOGUE = {
     "train/a folder of other arguments": (train.main, _other_run, 2,
                                           ["holds a run with other arguments", "seed: 1 there",
                                            "own --output_dir"]),
+    "train/a group baseline without groups": (train.main, lambda t: _train(
+        t, "--algorithm", "JTT"), 2, ["JTT needs a dataset with an attribute", "Debug28"]),
+    "sweep/a group baseline without groups": (sweep.main, lambda t: _sweep(
+        t, "--algorithms", "ERM", "GroupBalancedERM"), 2, ["GroupBalancedERM needs a dataset"]),
     # --- reproduce (more in test_reproduce.py)
     "reproduce/unknown definition": (reproduce.main, lambda t: [
         "launch", "spawrious_m2m_hardd", "--data_dir", str(t), "--output_dir", str(t / "o")], 2,

@@ -74,6 +74,15 @@ def check_distinct_test_envs(test_envs: Sequence[int]) -> None:
             f"{' '.join(map(str, dict.fromkeys(test_envs)))}.")
 
 
+def check_needs_attributes(algorithm_class: type, algorithm: str, dataset_class: type,
+                           dataset: str) -> None:
+    """An algorithm that needs groups (`REQUIRES_ATTRIBUTES`) on a dataset without them."""
+    if getattr(algorithm_class, "REQUIRES_ATTRIBUTES", False) and not dataset_class.ATTRIBUTES:
+        raise UserInputError(
+            f"{algorithm} needs a dataset with an attribute (groups), and {dataset} has none: "
+            "pick an attribute-aware dataset, or another algorithm.")
+
+
 def check_fixed_test_envs(dataset_class: type, name: str, test_envs) -> None:
     """A dataset with fixed splits (a subpopulation benchmark) takes only its test envs."""
     fixed = getattr(dataset_class, "FIXED_TEST_ENVS", None)

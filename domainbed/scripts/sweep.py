@@ -200,6 +200,9 @@ def validate_args(args: argparse.Namespace) -> None:
     for name in args.datasets:
         n_envs = datasets.num_environments(name)
         dataset_class = datasets.get_dataset_class(name)
+        for alg in args.algorithms:
+            misc.check_needs_attributes(algorithms.get_algorithm_class(alg), alg, dataset_class,
+                                        name)
         if dataset_class.FIXED_TEST_ENVS is not None:
             if args.test_envs is not None:
                 misc.check_fixed_test_envs(dataset_class, name, args.test_envs)

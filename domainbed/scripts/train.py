@@ -109,6 +109,7 @@ def validate_args(args: argparse.Namespace):
     algorithm_class = algorithms.get_algorithm_class(args.algorithm)
     n_envs = len(dataset_class.ENVIRONMENTS)
     misc.check_distinct_test_envs(args.test_envs)
+    misc.check_needs_attributes(algorithm_class, args.algorithm, dataset_class, args.dataset)
     misc.check_fixed_test_envs(dataset_class, args.dataset, args.test_envs)
     if args.data_dir is None and getattr(dataset_class, "NEEDS_DATA_DIR", True):
         raise misc.UserInputError(
