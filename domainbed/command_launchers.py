@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -114,21 +115,34 @@ def _last_line(path: str) -> str | None:
     """The last non-empty line of a log file, to show why a job failed."""
     try:
         with open(path, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
+            return _last_of(f)
     except OSError:
         return None
+
+
+def _last_of(stream) -> str | None:
+    lines = [line.strip() for line in stream if line.strip()]
     return lines[-1] if lines else None
 
 
-def _failure_line(cmd: str, returncode: int) -> str:
-    """One line saying which job failed and where its log (and its last line) is."""
+def _failure_line(cmd: str, returncode: int, stderr_tail: str | None = None) -> str:
+    """One line saying which job failed, where its log is, and the last line it printed to
+    stderr in this attempt (else its err.txt's, which an earlier attempt may have written)."""
     out_dir = _output_dir_of(cmd)
     if out_dir is None:
-        return f"[parallel] failed (exit {returncode}): {cmd}"
+        return f"[parallel] failed (exit {returncode}): {cmd}" + (
+            f": {stderr_tail}" if stderr_tail else "")
     err = os.path.join(out_dir, "err.txt")
-    last = _last_line(err)
+    last = stderr_tail or _last_line(err)
     return f"[parallel] failed (exit {returncode}): {out_dir}; see {err}" + (
         f": {last}" if last else "")
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may use (its affinity: a Slurm or container allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
@@ -154,13 +168,14 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
 def parallel_launcher(commands: list[str]) -> None:
     """Run up to N commands at once on this machine; report failures instead of raising.
 
-    N is DOMAINBED_PARALLEL_JOBS, else one per visible GPU, else os.cpu_count(). With GPUs
+    N is DOMAINBED_PARALLEL_JOBS, else one per visible GPU, else the usable CPUs. With GPUs
     each job gets one free GPU (CUDA_VISIBLE_DEVICES), so N is capped at their number;
     without, the CPU threads are shared out (OMP/MKL_NUM_THREADS) unless OMP_NUM_THREADS
-    is already set. Job output goes to DEVNULL: train.py tees it into its --output_dir.
+    is already set. Job output stays out of the terminal: train.py tees it into its
+    --output_dir, and a failed job's last stderr line is shown.
     """
     gpus = _visible_gpus()
-    cpus = max(1, os.cpu_count() or 1)
+    cpus = _usable_cpus()
     n_jobs = _parallel_jobs_from_env() or len(gpus) or cpus
     if gpus:
         n_jobs = min(n_jobs, len(gpus))
@@ -183,14 +198,17 @@ def parallel_launcher(commands: list[str]) -> None:
         while waiting or running:
             changed = False
             for proc in [p for p in running if p.poll() is not None]:
-                cmd, gpu = running.pop(proc)
+                cmd, gpu, stderr = running.pop(proc)
                 if gpu is not None:
                     free_gpus.append(gpu)
                 if proc.returncode == 0:
                     n_done += 1
                 else:
                     n_failed += 1
-                    print(_failure_line(cmd, proc.returncode), flush=True)
+                    stderr.seek(0)
+                    tail = _last_of(line.decode(errors="replace") for line in stderr)
+                    print(_failure_line(cmd, proc.returncode, tail), flush=True)
+                stderr.close()
                 changed = True
             while waiting and len(running) < n_jobs:
                 cmd = waiting.pop(0)
@@ -200,9 +218,10 @@ def parallel_launcher(commands: list[str]) -> None:
                     env["CUDA_VISIBLE_DEVICES"] = gpu
                 # own process group: Ctrl-C reaches only us, and _stop can signal the shell
                 # and train.py together
+                stderr = tempfile.TemporaryFile()  # what fails before train.py's own logs
                 proc = subprocess.Popen(cmd, shell=True, env=env, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                running[proc] = (cmd, gpu)
+                                        stdout=subprocess.DEVNULL, stderr=stderr)
+                running[proc] = (cmd, gpu, stderr)
                 changed = True
             if changed:
                 progress()
@@ -213,7 +232,7 @@ def parallel_launcher(commands: list[str]) -> None:
         _stop(list(running))
         print(f"[parallel] interrupted: stopped {len(interrupted)} running jobs; they are "
               "incomplete and resume when relaunched:", flush=True)
-        for cmd, _ in interrupted:
+        for cmd, *_ in interrupted:
             print(f"  {_output_dir_of(cmd) or cmd}", flush=True)
         raise
     print(f"[parallel] finished {len(commands)} jobs in {time.monotonic() - start:.1f}s: "

@@ -6,7 +6,6 @@ test runs a real Debug28 sweep through it.
 """
 import _thread
 import json
-import os
 import shlex
 import threading
 import time
@@ -49,7 +48,7 @@ def cpu_only(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("DOMAINBED_PARALLEL_JOBS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(command_launchers, "_usable_cpus", lambda: 4)
 
 
 def _logs(tmp_path, names):
@@ -184,3 +183,18 @@ def test_submitit_state_reads_hand_written_and_corrupt_records(tmp_path):
     assert command_launchers.submitit_state(str(good)) == "local"
     assert command_launchers.submitit_state(str(corrupt)) is None
     assert command_launchers.submitit_state(str(missing)) is None
+
+
+def test_a_job_failing_before_its_logs_shows_its_own_stderr(tmp_path, cpu_only, monkeypatch,
+                                                            capsys):
+    """An error printed before train.py tees its logs (e.g. bad input) is not lost, and an
+    err.txt left by an earlier attempt does not stand in for it."""
+    monkeypatch.setenv("DOMAINBED_PARALLEL_JOBS", "1")
+    out_dir = tmp_path / "abc"
+    out_dir.mkdir()
+    (out_dir / "err.txt").write_text("an earlier attempt's last line\n")
+    cmd = (f"python -c \"import sys; print('error: this attempt', file=sys.stderr); "
+           f"sys.exit(2)\" --output_dir {shlex.quote(str(out_dir))}")
+    command_launchers.parallel_launcher([cmd])
+    out = capsys.readouterr().out
+    assert f"failed (exit 2): {out_dir}; see {out_dir / 'err.txt'}: error: this attempt" in out

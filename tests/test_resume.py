@@ -44,13 +44,14 @@ TINY_SPAWRIOUS = textwrap.dedent("""
 """)
 
 
-def spawrious_command(tmp_path, output_dir):
+def spawrious_command(tmp_path, output_dir, workers=1):
     from spawrious_fixture import make_spawrious_tree
     data = tmp_path / "data"
     if not data.exists():
         make_spawrious_tree(data, per_cell=12, size=16, pools=("0",), extras=False)
     script = tmp_path / "tiny_train.py"
-    script.write_text(TINY_SPAWRIOUS)
+    script.write_text(TINY_SPAWRIOUS.replace("N_WORKERS = 12, 16, \"lite_cnn\", 1",
+                                             f"N_WORKERS = 12, 16, \"lite_cnn\", {workers}"))
     return [sys.executable, str(script), "--dataset", "TinySpawriousM2M_hard",
             "--algorithm", "EX2L", "--test_envs", "0", "--steps", "40", "--checkpoint_freq", "8",
             "--seed", "5", "--hparams", '{"batch_size": 8}', "--data_dir", str(data),
@@ -121,14 +122,17 @@ def test_sigkill_and_resume_on_debug28_match_the_uninterrupted_run(tmp_path, alg
     assert_same_run(str(whole), str(killed))
 
 
-def test_sigkill_and_resume_on_a_spawrious_layout_with_workers_and_augmentation(tmp_path):
-    """EX2L (its step counter is a buffer) on images with random augmentation, loaded by a
-    worker process: the transforms' randomness is keyed by the stream, not the worker."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigkill_and_resume_on_a_spawrious_layout_with_augmentation(tmp_path, workers):
+    """EX2L (its step counter is a buffer) on images with random augmentation (training
+    environments are also evaluated with it, as upstream), loaded in the main process (the
+    global generators, which the checkpoint saves) or by a worker (the transforms keyed by
+    the stream); evaluation reads the items in the same order at every pass."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run(spawrious_command(tmp_path, whole)).returncode == 0
-    kill_at_random_moment(spawrious_command(tmp_path, killed), str(killed),
+    assert run(spawrious_command(tmp_path, whole, workers)).returncode == 0
+    kill_at_random_moment(spawrious_command(tmp_path, killed, workers), str(killed),
                           random.Random(os.getpid()), n_checkpoints=6)
-    resumed = run(spawrious_command(tmp_path, killed))
+    resumed = run(spawrious_command(tmp_path, killed, workers))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(str(whole), str(killed))
     assert any(key.endswith("update_count") for key in weights(str(killed)))
@@ -272,3 +276,52 @@ def test_an_interrupted_launch_leaves_no_empty_folders_behind(tmp_path, run_main
     argv[argv.index("--command_launcher") + 1] = "dummy"
     again = run_main(sweep.main, *argv)
     assert again.stdout.count("Dummy launcher:") == 3
+
+
+def test_a_resume_checkpoint_train_cannot_use_is_one_line_naming_the_file(tmp_path, run_main):
+    out = tmp_path / "run"
+    argv = debug_argv(out, steps=12, freq=5)
+    assert run_main(train.main, *argv).returncode == 0
+    os.remove(out / "done")
+    first = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    # another version's state: a model of another shape
+    resume.save(str(out / run_folder.RESUME), step=5, algorithm=torch.nn.Linear(1, 1),
+                loader_positions=[6, 6], args=first["args"], hparams=first["hparams"])
+    result = run_main(train.main, *argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{out / run_folder.RESUME} does not fit this GroupDRO" in result.stderr
+    assert "remove it to restart the run from step 0" in result.stderr
+    (out / run_folder.RESUME).write_bytes(b"not a checkpoint")
+    result = run_main(train.main, *argv)
+    assert result.returncode == 2 and "is not a readable resume checkpoint" in result.stderr
+
+
+def test_a_cleared_folder_that_keeps_finished_work_is_launched_again(tmp_path, run_main):
+    """delete_incomplete keeps model files and earlier records but clears the rest: the job
+    must then be relaunchable, not stuck as "launched, not started"."""
+    assert run_main(sweep.main, *sweep_argv(tmp_path, "launch")).returncode == 0
+    (job_dir,) = (tmp_path / "sweep").iterdir()
+    os.remove(job_dir / "done")
+    os.remove(job_dir / "results.jsonl")  # killed before its first record: nothing resumable
+    assert run_main(sweep.main, *sweep_argv(tmp_path, "delete_incomplete")).returncode == 0
+    assert (job_dir / "model.pkl").exists()
+    jobs = [sweep.Job(a, str(tmp_path / "sweep")) for a in sweep.make_args_list(
+        1, ["Debug28"], ["ERM"], 0, 1, 12, str(tmp_path), "domain_generalization", 0.2, False,
+        '{"batch_size": 8}', test_envs=[0], checkpoint_freq=5)]
+    assert [j.output_dir for j in sweep.launchable(jobs)] == [str(job_dir)]
+    assert run_main(sweep.main, *sweep_argv(tmp_path, "launch")).returncode == 0
+    assert (job_dir / "done").exists()
+
+
+def test_a_filesystem_without_locks_trains_unguarded_with_a_warning(tmp_path, monkeypatch,
+                                                                   capsys):
+    import errno
+    import fcntl
+
+    def no_locks(handle, flags):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with run_folder.training_lock(str(tmp_path)):
+        pass
+    assert "no working locks" in capsys.readouterr().err
+    assert not run_folder.is_running(str(tmp_path))

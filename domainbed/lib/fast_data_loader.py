@@ -127,7 +127,12 @@ class _ItemSeeds(torch.utils.data.Sampler):
 
 
 class FastDataLoader:
-    """One pass over `dataset` in random order, without replacement, last batch kept."""
+    """One pass over `dataset` in a random order, without replacement, last batch kept.
+
+    The order is drawn once and is the same at every pass, so an evaluation does not depend
+    on how many came before it (a resumed run's first evaluation reads the items in the order
+    the uninterrupted run does at that step).
+    """
 
     def __init__(self, dataset, batch_size: int, num_workers: int):
         super().__init__()
@@ -135,9 +140,9 @@ class FastDataLoader:
         if len(dataset) == 0:  # e.g. --holdout_fraction 0: nothing to evaluate
             return
         order = torch.Generator().manual_seed(0)  # private: evaluation leaves the global RNG alone
+        permutation = torch.randperm(len(dataset), generator=order).tolist()
         batch_sampler = torch.utils.data.BatchSampler(
-            torch.utils.data.RandomSampler(dataset, replacement=False, generator=order),
-            batch_size=batch_size, drop_last=False)
+            permutation, batch_size=batch_size, drop_last=False)
         self._infinite_iterator = iter(torch.utils.data.DataLoader(
             _SeededItems(dataset), num_workers=num_workers, generator=order,
             batch_sampler=_ItemSeeds(_InfiniteSampler(batch_sampler))))

@@ -66,13 +66,24 @@ def save(path: str, *, step: int, algorithm: torch.nn.Module, loader_positions: 
         "loader_positions": list(loader_positions),
     }
     tmp_path = path + ".tmp"
-    torch.save(state, tmp_path)
+    with open(tmp_path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # a power cut must not leave an empty file under the final name
     os.replace(tmp_path, path)
 
 
+KEYS = ("format", "step", "args", "hparams", "model_dict", "optimizers", "rng",
+        "loader_positions")
+
+
 def load(path: str) -> dict[str, Any]:
-    """Read a resume checkpoint (tensors and plain data only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a resume checkpoint (tensors and plain data only) of this format."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or \
+            any(key not in state for key in KEYS):
+        raise ValueError(f"not a resume checkpoint of format {FORMAT}")
+    return state
 
 
 def restore(algorithm: torch.nn.Module, state: dict[str, Any]) -> None:

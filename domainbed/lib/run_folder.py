@@ -8,8 +8,11 @@ attempts kept as `results.jsonl.previousN`) is never removed by anything here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import sys
+import time
 from typing import Any, Iterator, Optional
 
 from domainbed.lib.misc import UserInputError
@@ -23,6 +26,9 @@ RESULTS = "results.jsonl"
 DONE = "done"
 RESUME = "resume.pkl"
 LOCK = "train.lock"
+SUBMITIT = "submitit.json"  # written by the slurm launcher into a queued job's folder
+HELD = (errno.EACCES, errno.EAGAIN)  # what lockf raises when another process holds the lock
+LOCK_TRIES = 5  # a status probe holds the lock for an instant: retry before refusing
 
 
 class RunInProgress(UserInputError):
@@ -42,8 +48,9 @@ def is_resumable(output_dir: str) -> bool:
 
 
 def was_started(output_dir: str) -> bool:
-    """A train.py has entered the folder (it leaves its lock file there)."""
-    return os.path.exists(path(output_dir, LOCK))
+    """A train.py has entered the folder: it holds more than a queued job's record (a folder
+    made for a job that has not run yet is empty, or holds only `submitit.json`)."""
+    return os.path.isdir(output_dir) and any(name != SUBMITIT for name in os.listdir(output_dir))
 
 
 def is_finished_work(name: str) -> bool:
@@ -65,16 +72,30 @@ def training_lock(output_dir: str) -> Iterator[None]:
         yield
         return
     with open(path(output_dir, LOCK), "a") as handle:
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunInProgress(
-                f"another train.py is running into {output_dir} (it holds {LOCK}); wait for it "
-                "to finish, or stop it first. Nothing was changed.") from None
+        locked = _acquire(handle, output_dir)
         try:
             yield
         finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def _acquire(handle, output_dir: str) -> bool:
+    """Take the lock (True), or go on unguarded where the filesystem has no locks (False)."""
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in HELD:
+                print(f"warning: no lock on {output_dir} ({os.strerror(exc.errno)}): this "
+                      "filesystem has no working locks, so nothing stops two processes from "
+                      "training into the folder.", file=sys.stderr)
+                return False
+            time.sleep(0.2 * (attempt + 1))
+    raise RunInProgress(
+        f"another train.py is running into {output_dir} (it holds {LOCK}); wait for it to "
+        "finish, or stop it first. Nothing was changed.")
 
 
 def is_running(output_dir: str) -> bool:
@@ -83,12 +104,15 @@ def is_running(output_dir: str) -> bool:
     lock_path = path(output_dir, LOCK)
     if fcntl is None or not os.path.exists(lock_path):
         return False
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.lockf(handle, fcntl.LOCK_UN)
+    try:
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                return exc.errno in HELD
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+    except OSError:  # e.g. a read-only folder: nobody can be training into it from here
+        return False
     return False
 
 
@@ -141,16 +165,23 @@ def differing_args(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 def clear_unresumable(output_dir: str) -> list[str]:
     """Remove what an incomplete, unresumable attempt left; keep finished work.
 
-    Returns the removed paths. The folder itself goes only when nothing is left in it.
+    Returns the removed paths. A folder no train.py entered (a job that never ran) goes
+    whole; otherwise the folder's lock is held while clearing (a job starting meanwhile
+    waits or is refused) and the lock file stays, so the folder still counts as started and
+    `launch` reruns it.
     """
-    removed = []
-    for name in sorted(os.listdir(output_dir)):
-        full = path(output_dir, name)
-        if is_finished_work(name) or os.path.isdir(full):
-            continue
-        os.remove(full)
-        removed.append(full)
-    if not os.listdir(output_dir):
+    if not was_started(output_dir):
+        removed = [path(output_dir, name) for name in sorted(os.listdir(output_dir))]
+        for full in removed:
+            os.remove(full)
         os.rmdir(output_dir)
-        removed.append(output_dir + os.sep)
+        return removed + [output_dir + os.sep]
+    removed = []
+    with training_lock(output_dir):
+        for name in sorted(os.listdir(output_dir)):
+            full = path(output_dir, name)
+            if is_finished_work(name) or name == LOCK or os.path.isdir(full):
+                continue
+            os.remove(full)
+            removed.append(full)
     return removed

@@ -1,6 +1,7 @@
-"""Download and unpack a dataset into --data_dir (for now: Spawrious, pools 0 and 1).
+"""Download and unpack a dataset into --data_dir: Spawrious (pools 0 and 1) or MNIST.
 
     python -m domainbed.scripts.download --dataset spawrious --data_dir ./data
+    python -m domainbed.scripts.download --dataset mnist --data_dir ./data
 
 The download is resumable (bytes go to `<archive>.part`; rerunning the same
 command continues it with an HTTP Range request, also after Ctrl-C, which exits
@@ -17,6 +18,13 @@ members, no `spawrious224/` folder) is never reused silently:
   so the next run, typically with another `--url`, downloads afresh;
 - one that was already there is left alone, and the message says to delete it.
 
+MNIST (for ColoredMNIST) goes where `torchvision.datasets.MNIST(root=data_dir)`
+reads it, `<data_dir>/MNIST/raw/`: torchvision's four .gz files, fetched from its
+first mirror (or from the folder `--url` names), each resumable as above, checked
+against torchvision's md5 (a mismatch is an error, whatever the `--url`), then
+decompressed to a temporary file renamed into place. Files already decompressed
+there are kept; a refused .gz is handled as a refused archive above.
+
 Bad input (a malformed `--url`, an unusable `--data_dir`, an unreachable server,
 a refused archive) is one `error:` line and exit status 2.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import errno
 import gzip
+import hashlib
 import http.client
 import os
 import posixpath
@@ -36,7 +45,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, Mapping, NoReturn, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -46,6 +55,7 @@ SPAWRIOUS_URL = "https://www.dropbox.com/s/e40j553480h3f3s/spawrious224.tar.gz?d
 SPAWRIOUS_TOP = "spawrious224"
 CHUNK_SIZE = 1 << 20  # bytes per read (a module constant so tests can shrink it)
 URL_EXAMPLE = "e.g. --url https://example.org/spawrious224.tar.gz"
+ARCHIVE = "the archive"  # what --url names, in messages
 
 
 class DownloadError(misc.UserInputError):
@@ -73,13 +83,14 @@ def _brief(exc: object) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, what: str = ARCHIVE, example: str = URL_EXAMPLE) -> None:
     """Refuse a URL that urllib would fail on with a traceback, or fetch without resuming
-    (ftp:, file:): only http:// and https:// addresses with a host are downloaded."""
+    (ftp:, file:): only http:// and https:// addresses with a host are downloaded. `what`
+    and `example` say in the message what --url should name."""
     def refuse(why: str) -> NoReturn:
         raise DownloadError(
             f"--url {url!r} is not a valid download URL ({why}); give an http:// or https:// "
-            f"address of the archive, {URL_EXAMPLE}.")
+            f"address of {what}, {example}.")
 
     try:
         parts = urllib.parse.urlsplit(url)
@@ -105,13 +116,14 @@ def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return (None if start == "*" else int(start)), (None if total == "*" else int(total))
 
 
-def download_file(url: str, dest: str, chunk_size: Optional[int] = None) -> str:
+def download_file(url: str, dest: str, chunk_size: Optional[int] = None, what: str = ARCHIVE,
+                  example: str = URL_EXAMPLE) -> str:
     """Download `url` to `dest`, resuming `dest + '.part'` if a previous try was cut off.
 
     Only a transfer whose size matches the announced size is renamed to `dest`,
-    so `dest` existing always means a complete file.
+    so `dest` existing always means a complete file. `what` and `example` are check_url's.
     """
-    check_url(url)
+    check_url(url, what, example)
     chunk_size = chunk_size or CHUNK_SIZE
     part = dest + ".part"
     have = os.path.getsize(part) if os.path.isfile(part) else 0
@@ -133,7 +145,7 @@ def download_file(url: str, dest: str, chunk_size: Optional[int] = None) -> str:
     except (http.client.HTTPException, ValueError) as exc:  # not an HTTP server, a bad URL
         raise DownloadError(
             f"{url} did not give a valid HTTP answer ({type(exc).__name__}: {_brief(exc)}); "
-            f"check that --url is the address of the archive, {URL_EXAMPLE}.") from None
+            f"check that --url is the address of {what}, {example}.") from None
 
     with response:
         length = response.headers.get("Content-Length")
@@ -281,11 +293,12 @@ def _interrupted_download(url: str, archive: str) -> DownloadInterrupted:
                                "rerun the same command to start it again.")
 
 
-def _fetch(url: str, archive: str) -> None:
-    """Download the archive, turning network failures and Ctrl-C into messages."""
+def _fetch(url: str, archive: str, **url_help: str) -> None:
+    """Download the archive, turning network failures and Ctrl-C into messages; `url_help`
+    (download_file's `what` and `example`) says what --url should name."""
     print(f"Downloading {url} to {archive}")
     try:
-        download_file(url, archive)
+        download_file(url, archive, **url_help)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise DownloadError(
             f"could not reach {url} ({_brief(getattr(exc, 'reason', exc))}). You can download "
@@ -338,6 +351,103 @@ def download_spawrious(data_dir: str, url: str = SPAWRIOUS_URL, keep_archive: bo
     return final
 
 
+MNIST_RAW = os.path.join("MNIST", "raw")  # torchvision.datasets.MNIST's folder under its root
+MNIST_URL_HELP = {"what": "a folder holding MNIST's four .gz files",
+                  "example": "e.g. --url https://example.org/mnist/"}
+
+
+def mnist_sources() -> tuple[str, dict[str, str]]:
+    """torchvision's first MNIST mirror and its {.gz file name: md5} table, so that the
+    files are those torchvision.datasets.MNIST downloads and checks."""
+    import torchvision
+    from torchvision.datasets import MNIST  # lazy: torchvision takes a second to import
+
+    mirrors, resources = getattr(MNIST, "mirrors", None), getattr(MNIST, "resources", None)
+    if not mirrors or not resources:
+        raise DownloadError(f"torchvision {torchvision.__version__} has no MNIST.mirrors and "
+                            "MNIST.resources tables; install the version in constraints.txt.")
+    return mirrors[0], dict(resources)
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK_SIZE), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gunzip(gz: str, target: str) -> None:
+    """Decompress `gz` to a temporary file, then rename it to `target` (all or nothing)."""
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK_SIZE)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _mnist_file(url: str, gz: str, md5: str, keep_archive: bool) -> None:
+    """Fetch (unless it is there), check and decompress one .gz into its idx file. A refused
+    .gz this run downloaded is deleted (a rerun downloads anew); one already there is kept."""
+    target = os.path.splitext(gz)[0]
+    _check_not_in_the_way(gz, "file")
+    _check_not_in_the_way(target, "file")
+    downloaded = not os.path.isfile(gz)
+    if downloaded:
+        _fetch(url, gz, **MNIST_URL_HELP)
+    else:
+        print(f"Using the file already at {gz} (delete it to download {url} instead).")
+
+    def refuse(problem: str) -> NoReturn:
+        if not downloaded:
+            raise DownloadError(f"refused {gz}: {problem}; delete it and rerun to download it "
+                                "again.")
+        os.remove(gz)
+        raise DownloadError(
+            f"refused the file downloaded from {url}: {problem}. The download was deleted, so a "
+            f"rerun downloads anew: check that --url names {MNIST_URL_HELP['what']} "
+            f"({MNIST_URL_HELP['example']}) and rerun.")
+
+    found = _md5(gz)
+    if found != md5:
+        refuse(f"its md5 is {found}, not {md5}")
+    try:
+        _gunzip(gz, target)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        refuse(f"it is not a readable .gz file ({_brief(exc)})")
+    if not keep_archive:
+        os.remove(gz)
+
+
+def download_mnist(data_dir: str, url: Optional[str] = None, keep_archive: bool = False,
+                   md5s: Optional[Mapping[str, str]] = None) -> str:
+    """Put MNIST's four idx files at `data_dir/MNIST/raw` (torchvision's layout), reusing
+    what is already there; `url` replaces torchvision's mirror (the folder of the .gz
+    files), `md5s` ({.gz name: md5}) its md5 table (tests serve files of their own)."""
+    _check_data_dir(data_dir)
+    mirror, table = mnist_sources()
+    base = mirror if url is None else url
+    check_url(base, **MNIST_URL_HELP)  # bad input is an error even where nothing is missing
+    table = dict(table if md5s is None else md5s)
+    raw = os.path.join(data_dir, MNIST_RAW)
+    _check_not_in_the_way(os.path.dirname(raw), "folder")
+    _check_not_in_the_way(raw, "folder")
+    missing = {name: md5 for name, md5 in table.items()
+               if not os.path.isfile(os.path.join(raw, os.path.splitext(name)[0]))}
+    if not missing:
+        print(f"MNIST is already at {raw}; nothing to download.")
+        return raw
+    os.makedirs(raw, exist_ok=True)
+    folder = base if base.endswith("/") else base + "/"
+    for name, md5 in missing.items():
+        _mnist_file(folder + name, os.path.join(raw, name), md5, keep_archive)
+    print(f"MNIST is ready at {raw}")
+    return raw
+
+
 def _os_error_message(exc: OSError, data_dir: str) -> str:
     """A file-system failure as one line that names the file and the fix."""
     where = exc.filename or data_dir
@@ -350,7 +460,8 @@ def _os_error_message(exc: OSError, data_dir: str) -> str:
     return f"{exc.strerror or exc} ({where}); check --data_dir {data_dir} and rerun."
 
 
-DATASETS: dict[str, Callable[..., str]] = {"spawrious": download_spawrious}
+DATASETS: dict[str, Callable[..., str]] = {"spawrious": download_spawrious,
+                                           "mnist": download_mnist}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -360,7 +471,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--url", default=None, help="download from this URL instead (a mirror)")
     parser.add_argument("--keep_archive", action="store_true",
-                        help="keep the .tar.gz after extracting it")
+                        help="keep the downloaded .tar.gz (or .gz files) after extracting")
     args = parser.parse_args(argv)
     kwargs = {"keep_archive": args.keep_archive}
     if args.url is not None:

@@ -1,12 +1,13 @@
 """Train one algorithm on one dataset: upstream DomainBed's `train.py`, compatible.
 
-Same flags, seeding, splits, `results.jsonl` keys, checkpoint files and `done`
-protocol. Added: worst-group keys for attribute-aware datasets, a progress bar on
-terminals, a clear message (and no `done`) for bad input or a diverged loss, and
-resumable runs: a resume checkpoint at every checkpoint step (`domainbed.lib.resume`), so
-a relaunched incomplete run continues where it stopped and ends as the uninterrupted run
-would have. A finished folder is never retrained, and a folder of other arguments is
-refused (`domainbed.lib.run_folder`).
+Same flags, seeds, splits, `results.jsonl` keys, checkpoint files and `done` protocol
+(the training batches are drawn from the same seed differently: as a function of the seed
+and the batch's position, so that a run can resume). Added: worst-group keys for
+attribute-aware datasets, a progress bar on terminals, a clear message (and no `done`)
+for bad input or a diverged loss, and resumable runs: a resume checkpoint at every
+checkpoint step (`domainbed.lib.resume`), so a relaunched incomplete run continues where
+it stopped and ends as the uninterrupted run would have. A finished folder is never
+retrained, and a folder of other arguments is refused (`domainbed.lib.run_folder`).
 """
 from __future__ import annotations
 
@@ -184,8 +185,9 @@ def check_folder(args: argparse.Namespace, hparams: dict[str, Any]) -> Optional[
                         if state["hparams"].get(k) != hparams.get(k))
         what = _describe_differences(state["hparams"], hparams, differ)
         raise misc.UserInputError(
-            f"{out} holds a run with other hparams ({what}), e.g. from another version of the "
-            "code; give this run its own --output_dir. Nothing was changed.")
+            f"{out} holds a resume checkpoint with other hparams ({what}), e.g. from another "
+            f"version of the code; remove {resume_path} to restart the run from step 0, or give "
+            "it its own --output_dir. Nothing was changed.")
     if run_folder.is_done(out):
         raise AlreadyDone(out)
     return state
@@ -412,7 +414,13 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     if resume_state is None:
         set_aside_previous_run(args.output_dir)  # only now: a failed relaunch must not touch it
     else:
-        resume.restore(algorithm, resume_state)
+        try:
+            resume.restore(algorithm, resume_state)
+        except (ValueError, RuntimeError, KeyError) as exc:  # saved by another version
+            raise misc.UserInputError(
+                f"{resume_path} does not fit this {args.algorithm} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120]}); remove it to restart the run from step 0."
+            ) from None
         start_step = resume_state["step"] + 1
         dropped = run_folder.keep_records_through(args.output_dir, resume_state["step"])
         print(f"Resuming after the checkpoint of step {resume_state['step']}"
@@ -481,8 +489,9 @@ def run_training(args: argparse.Namespace, dataset_class, algorithm_class,
     with open(os.path.join(args.output_dir, "done.tmp"), "w") as f:
         f.write("done")
     os.replace(os.path.join(args.output_dir, "done.tmp"), os.path.join(args.output_dir, "done"))
-    if os.path.exists(resume_path):  # the finished run needs no resume state
-        os.remove(resume_path)
+    for leftover in (resume_path, resume_path + ".tmp"):  # the finished run needs neither
+        if os.path.exists(leftover):
+            os.remove(leftover)
 
 
 def main(argv: list[str] | None = None) -> int:

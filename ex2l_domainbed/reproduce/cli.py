@@ -86,7 +86,8 @@ def status(all_jobs: list[sweep.Job]) -> None:
 
 
 def delete_incomplete(args: argparse.Namespace, all_jobs: list[sweep.Job]) -> None:
-    to_clear = jobs.incomplete(all_jobs)
+    to_clear = [j for j in jobs.incomplete(all_jobs)  # a queued job will still run: keep it
+                if not jobs.is_live(jobs.scheduler_state(j))]
     for job in to_clear:
         print(jobs.status_line(job))
     print(f"{len(to_clear)} incomplete jobs: running and resumable ones, and finished work in "

@@ -259,7 +259,12 @@ def _check_selection(names: list[str], where: str) -> None:
 
 
 def _check_test_envs(d: Definition, dataset: str, where: str) -> None:
-    envs = datasets.get_dataset_class(dataset).ENVIRONMENTS
+    cls = datasets.get_dataset_class(dataset)
+    envs = cls.ENVIRONMENTS
+    if cls.FIXED_TEST_ENVS is not None:  # fixed splits: sweep.py runs its own test envs
+        if d.test_envs is not None:
+            misc.check_fixed_test_envs(cls, dataset, d.test_envs)
+        return
     if d.test_envs is None:
         if not d.single_test_envs and len(envs) < 3:
             raise UserInputError(f"{dataset} has {len(envs)} environments; all-pairs test "

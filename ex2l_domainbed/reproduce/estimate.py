@@ -181,7 +181,7 @@ def job_cost(train_args: dict) -> JobCost:
     cls = datasets.get_dataset_class(train_args["dataset"])
     steps = train_args.get("steps") or cls.N_STEPS
     freq = train_args.get("checkpoint_freq") or cls.CHECKPOINT_FREQ
-    n_train_envs = len(cls.ENVIRONMENTS) - len(train_args["test_envs"])
+    n_train_envs = len(datasets.training_envs(cls, train_args["test_envs"]))
     return JobCost(train_args["dataset"], backbone_of(hparams, cls),
                    family_of(train_args["algorithm"]), steps,
                    hparams["batch_size"] * n_train_envs, evaluations(steps, freq),
