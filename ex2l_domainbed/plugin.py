@@ -38,6 +38,7 @@ def register() -> None:
                       **colored_mnist.DATASETS, **subpop.DATASETS}.items():
         datasets.register_dataset(name, cls)
     hparams_registry.register_hparams_hook(spawrious_lite.lite_hparams)
+    hparams_registry.register_hparams_hook(subpop.waterbirds_lite_hparams)
     after = "GroupDRO" if "GroupDRO" in algorithms.ALGORITHMS else None
     algorithms.register_algorithm("EX2L", EX2L, after=after)
     previous = "EX2L"
