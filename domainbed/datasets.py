@@ -68,6 +68,7 @@ class MultipleDomainDataset:
     NEEDS_DATA_DIR = True   # train.py refuses to run it without --data_dir
     VALIDATION_ENVS: tuple[int, ...] = ()  # evaluated for model selection, never trained on
     FIXED_TEST_ENVS: tuple[int, ...] | None = None  # the only test envs it accepts
+    ENVIRONMENT_SIZES: tuple[int, ...] | None = None  # items per env, known without the data
 
     def __getitem__(self, index: int):
         return self.datasets[index]

@@ -248,6 +248,7 @@ class Waterbirds(SubpopBenchmark):
     # SubpopBench's Waterbirds: 5,001 steps (its default), a checkpoint every 300 steps.
     N_STEPS = 5001
     CHECKPOINT_FREQ = 300
+    ENVIRONMENT_SIZES = (4795, 1199, 5794)  # the released splits (for cost estimates)
 
     def prepare_root(self, root: str) -> str:
         _require_folder(root, self.label, self.fix_hint())
@@ -314,6 +315,7 @@ class CelebA(SubpopBenchmark):
     # SubpopBench's CelebA: 30,001 steps, a checkpoint every 1,000 steps.
     N_STEPS = 30001
     CHECKPOINT_FREQ = 1000
+    ENVIRONMENT_SIZES = (162770, 19867, 19962)  # list_eval_partition.txt (for cost estimates)
 
     def prepare_root(self, root: str) -> str:
         _require_folder(root, self.label, self.fix_hint())

@@ -157,8 +157,12 @@ def backbone_of(hparams: dict, dataset_cls: type) -> str:
 
 
 def environment_sizes(dataset_cls: type) -> Optional[list[int]]:
-    """Images per environment: from the challenge tables for Spawrious (a folder read whole
-    holds BASE_COUNT images), by building it for a dataset that needs no data, else None."""
+    """Images per environment: a dataset's declared `ENVIRONMENT_SIZES`, the challenge tables
+    for Spawrious (a folder read whole holds BASE_COUNT images), or by building a dataset that
+    needs no data; else None."""
+    declared = getattr(dataset_cls, "ENVIRONMENT_SIZES", None)
+    if declared:
+        return list(declared)
     if issubclass(dataset_cls, SpawriousBenchmark):
         return [sum(c.limit if c.limit is not None else dataset_cls.BASE_COUNT for c in env)
                 for env in challenge_cells(dataset_cls.CHALLENGE, dataset_cls.BASE_COUNT)]
