@@ -28,7 +28,7 @@ def register() -> None:
     from ex2l_domainbed.algorithm import EX2L, ex2l_hparams
     from ex2l_domainbed.backbones import BACKBONES
     from ex2l_domainbed.baselines import AttributeDANN, adversary_hparams
-    from ex2l_domainbed.datasets import colored_mnist, spawrious, spawrious_lite, subpop
+    from ex2l_domainbed.datasets import colored_mnist, colour_digits, spawrious, spawrious_lite, subpop
     from ex2l_domainbed.formulations import FORMULATIONS
     from ex2l_domainbed.group_baselines import GROUP_BASELINES, group_baseline_hparams
 
@@ -39,6 +39,7 @@ def register() -> None:
         datasets.register_dataset(name, cls)
     hparams_registry.register_hparams_hook(spawrious_lite.lite_hparams)
     hparams_registry.register_hparams_hook(subpop.waterbirds_lite_hparams)
+    colour_digits.use_small_image_hparams()
     after = "GroupDRO" if "GroupDRO" in algorithms.ALGORITHMS else None
     algorithms.register_algorithm("EX2L", EX2L, after=after)
     previous = "EX2L"

@@ -184,7 +184,7 @@ def _lite_over_real(t: Path) -> list[str]:
 CASES = {
     "unknown name": (lambda t: args(t, "launch", "spawrious_m2m_hardd", "--dry_run"),
                      ["unknown sweep definition 'spawrious_m2m_hardd'",
-                      "Did you mean 'spawrious_m2m_hard'", "Known names: demo, lite,"]),
+                      "Did you mean 'spawrious_m2m_hard'", "Known names: celeba, colored_digits_lite,"]),
     "toml syntax": (_written('title = "x"\n[sweep\ndatasets = ["Debug28"]\n'),
                     ["x.toml is not valid TOML", "line 2"]),
     "typo in [sweep]": (_definition_case(sweep_extra="n_trial = 3"),

@@ -408,8 +408,8 @@ def _mnist_file(url: str, gz: str, md5: str, keep_archive: bool) -> None:
         os.remove(gz)
         raise DownloadError(
             f"refused the file downloaded from {url}: {problem}. The download was deleted, so a "
-            f"rerun downloads anew: check that --url names {MNIST_URL_HELP['what']} "
-            f"({MNIST_URL_HELP['example']}) and rerun.")
+            f"rerun downloads anew; if it fails again, give --url another mirror: "
+            f"{MNIST_URL_HELP['what']} ({MNIST_URL_HELP['example']}).")
 
     found = _md5(gz)
     if found != md5:
