@@ -276,8 +276,13 @@ def lite_hparams(algorithm: str, dataset: str, define) -> None:
     in Spawrious' regime (high training-domain accuracy, a large worst-group gap);
     `benchmarks/lite_baselines.py` guards this calibration (docs/spawrious.md).
     """
-    if dataset not in LITE_DATASETS:
-        return
+    if dataset in LITE_DATASETS:
+        define_lite_recipe(define)
+
+
+def define_lite_recipe(define) -> None:
+    """The recipe of the Lite stand-ins (Spawrious-Lite, WaterbirdsLite): their backbone,
+    pretrained, its first 3 blocks frozen, no augmentation, lr 1e-3, batch 32."""
     from ex2l_domainbed.datasets.lite_backbone import DEFAULT_PATH
 
     define("pretrained_path", DEFAULT_PATH, lambda r: DEFAULT_PATH, replace=True)

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from domainbed.datasets import MultipleDomainDataset
 from domainbed.lib.misc import UserInputError
-from ex2l_domainbed.backbones import LITE_CNN, LiteCNN
+from ex2l_domainbed.backbones import LITE_CNN
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -461,16 +461,9 @@ def waterbirds_lite_hparams(algorithm: str, dataset: str,
     """Waterbirds-Lite's calibrated defaults (hparams-registry hook): Spawrious-Lite's recipe,
     the pretrained Lite backbone with its first 3 blocks frozen, lr 1e-3, batch 32, no
     augmentation; ``benchmarks/waterbirds_baselines.py`` guards the calibration."""
-    if dataset not in LITE_NAMES:
-        return
-    from ex2l_domainbed.datasets.lite_backbone import DEFAULT_PATH
-
-    define("pretrained_path", DEFAULT_PATH, lambda r: DEFAULT_PATH, replace=True)
-    define("lite_freeze_blocks", 3, lambda r: 3, low=0, high=len(LiteCNN.WIDTHS))
-    define("data_augmentation", False, lambda r: False, replace=True)
-    define("lr", 1e-3, lambda r: 10 ** r.uniform(-3.5, -2.5), replace=True)
-    define("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -3), replace=True)
-    define("batch_size", 32, lambda r: int(2 ** r.uniform(4, 6)), replace=True)
+    if dataset in LITE_NAMES:
+        from ex2l_domainbed.datasets.spawrious_lite import define_lite_recipe
+        define_lite_recipe(define)
 
 
 DATASETS: dict[str, type[SubpopBenchmark]] = {
