@@ -250,7 +250,12 @@ def build_transforms(image_size: int):
 
 
 class SpawriousEnvironment(Dataset):
-    """One environment: ``samples`` is a list of (path, class_id, location_id); items are (x, y, a)."""
+    """One environment: ``samples`` is a list of (path, class_id, location_id); items are (x, y, a).
+
+    Images are read by ``load`` (a subclass may name its own reader and errors).
+    """
+
+    load = staticmethod(lambda path: load_rgb_image(path))
 
     def __init__(self, samples: list[tuple[str, int, int]], transform=None):
         super().__init__()
@@ -262,7 +267,7 @@ class SpawriousEnvironment(Dataset):
 
     def __getitem__(self, index: int):
         path, y, a = self.samples[index]
-        image = load_rgb_image(path)
+        image = self.load(path)
         try:
             x = self.transform(image) if self.transform is not None else image
         finally:

@@ -29,11 +29,11 @@ import sys
 from typing import Callable, Iterable
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from domainbed.datasets import MultipleDomainDataset
 from domainbed.lib.misc import UserInputError
 from ex2l_domainbed.backbones import LITE_CNN
+from ex2l_domainbed.datasets.spawrious import SpawriousEnvironment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,21 +106,10 @@ def celeba_transforms(size: int = 224):
     return augment_transform(size, (1.0, 4 / 3)), evaluate
 
 
-class SubpopEnvironment(Dataset):
+class SubpopEnvironment(SpawriousEnvironment):
     """One split: ``samples`` is a list of (path, y, a); items are (x, y, a)."""
 
-    def __init__(self, samples: list[Sample], transform=None):
-        super().__init__()
-        self.samples = list(samples)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, y, a = self.samples[index]
-        image = load_image(path)
-        return (self.transform(image) if self.transform is not None else image), y, a
+    load = staticmethod(lambda path: load_image(path))
 
 
 # ----------------------------------------------------------------------------------------------
