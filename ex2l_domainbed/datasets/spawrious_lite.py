@@ -16,17 +16,14 @@ written to a temporary folder and renamed into place when complete, with a marke
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from ex2l_domainbed.backbones import LITE_CNN, LiteCNN
-from ex2l_domainbed.datasets import shapes
+from ex2l_domainbed.datasets import generated, shapes
 from ex2l_domainbed.datasets.spawrious import (
     CLASSES,
     LOCATIONS,
@@ -56,6 +53,7 @@ DEFAULT_SIZE = 64
 DEFAULT_PER_CELL = 400
 DEFAULT_SEED = 0
 MARKER = "spawrious_lite.json"
+LABEL = "Spawrious-Lite"
 GENERATOR_VERSION = 1
 RADIUS_AT_64 = (10.0, 16.0)  # foreground radius range in pixels at 64x64
 
@@ -110,11 +108,7 @@ def marker_for(size: int, per_cell: int, seed: int) -> dict:
 
 
 def read_marker(spawrious224: str) -> dict | None:
-    path = os.path.join(spawrious224, MARKER)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return generated.read_marker(spawrious224, MARKER)
 
 
 def _write_tree(root: str, size: int, per_cell: int, seed: int, progress: bool) -> None:
@@ -139,50 +133,17 @@ def _write_tree(root: str, size: int, per_cell: int, seed: int, progress: bool) 
 
 def generate(out: str, size: int = DEFAULT_SIZE, per_cell: int = DEFAULT_PER_CELL,
              seed: int = DEFAULT_SEED, progress: bool = True) -> str:
-    """Write `<out>/spawrious224` unless an identical tree is already there; return its path.
-
-    Safe to call from several processes at once: each writes its own temporary tree and
-    the first complete one is renamed into place; the others are discarded.
-    """
+    """Write `<out>/spawrious224` unless an identical tree is already there; return its path
+    (safe from several processes at once: `generated.generate_once`)."""
     if size < 8 or per_cell < 1:
         raise ValueError(f"size must be >= 8 and per_cell >= 1 (got {size}, {per_cell})")
-    target = os.path.join(out, TREE_FOLDER)
-    wanted = marker_for(size, per_cell, seed)
-    if os.path.isdir(target):
-        _check_existing(target, wanted)
-        return target
-    os.makedirs(out, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".spawrious_lite.tmp-", dir=out)
-    try:
-        tree = os.path.join(tmp, TREE_FOLDER)
-        _write_tree(tree, size, per_cell, seed, progress)
-        with open(os.path.join(tree, MARKER), "w") as f:
-            json.dump(wanted, f, indent=1, sort_keys=True)
-        try:
-            os.rename(tree, target)
-        except OSError:
-            if not os.path.isdir(target):  # not a lost race: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _check_existing(target, wanted)
-    return target
+    return generated.generate_once(
+        out, TREE_FOLDER, marker_for(size, per_cell, seed),
+        lambda tree: _write_tree(tree, size, per_cell, seed, progress), LABEL, MARKER)
 
 
 def _check_existing(target: str, wanted: dict) -> None:
-    found = read_marker(target)
-    if found is None:
-        raise FileExistsError(
-            f"{target} exists but is not Spawrious-Lite data (no {MARKER}). Give Spawrious-Lite "
-            "its own --data_dir, or remove that folder to regenerate it."
-        )
-    differs = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-    if differs:
-        details = ", ".join(f"{k}: found {a}, asked {b}" for k, (a, b) in differs.items())
-        raise FileExistsError(
-            f"{target} holds Spawrious-Lite data made with other settings ({details}). "
-            "Remove it to regenerate, or use another --out."
-        )
+    generated.check_existing(target, wanted, LABEL, MARKER)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
-from ex2l_domainbed.datasets import shapes
+from ex2l_domainbed.datasets import generated, shapes
 from ex2l_domainbed.datasets.spawrious_lite import load_source
 from ex2l_domainbed.datasets.subpop import (
     WATERBIRDS_FOLDER,
@@ -67,6 +64,7 @@ DEFAULT_SIZE = 64
 DEFAULT_SCALE = 1.0
 DEFAULT_SEED = 0
 MARKER = "waterbirds_lite.json"
+LABEL = "Waterbirds-Lite"
 GENERATOR_VERSION = 1
 RADIUS_AT_64 = (8.0, 13.0)  # silhouette radius range (half the long axis) in pixels at 64x64
 
@@ -101,11 +99,7 @@ def marker_for(size: int, scale: float, seed: int) -> dict:
 
 
 def read_marker(folder: str) -> dict | None:
-    path = os.path.join(folder, MARKER)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return generated.read_marker(folder, MARKER)
 
 
 def _write_folder(folder: str, size: int, scale: float, seed: int, progress: bool) -> None:
@@ -140,44 +134,16 @@ def _write_folder(folder: str, size: int, scale: float, seed: int, progress: boo
 def generate(out: str, size: int = DEFAULT_SIZE, scale: float = DEFAULT_SCALE,
              seed: int = DEFAULT_SEED, progress: bool = True) -> str:
     """Write ``<out>/waterbird_complete95_forest2water2`` unless identical data is already
-    there; return its path. Safe to call from several processes at once: each writes its own
-    temporary folder and the first complete one is renamed into place."""
+    there; return its path (safe from several processes at once: `generated.generate_once`)."""
     if size < 8 or not 0 < scale <= 1:
         raise ValueError(f"size must be >= 8 and scale in (0, 1] (got {size}, {scale})")
-    target = os.path.join(out, WATERBIRDS_FOLDER)
-    wanted = marker_for(size, scale, seed)
-    if os.path.isdir(target):
-        _check_existing(target, wanted)
-        return target
-    os.makedirs(out, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".waterbirds_lite.tmp-", dir=out)
-    try:
-        folder = os.path.join(tmp, WATERBIRDS_FOLDER)
-        os.makedirs(folder)
-        _write_folder(folder, size, scale, seed, progress)
-        with open(os.path.join(folder, MARKER), "w") as f:
-            json.dump(wanted, f, indent=1, sort_keys=True)
-        try:
-            os.rename(folder, target)
-        except OSError:
-            if not os.path.isdir(target):  # not a lost race: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _check_existing(target, wanted)
-    return target
+    return generated.generate_once(
+        out, WATERBIRDS_FOLDER, marker_for(size, scale, seed),
+        lambda folder: _write_folder(folder, size, scale, seed, progress), LABEL, MARKER)
 
 
 def _check_existing(target: str, wanted: dict) -> None:
-    found = read_marker(target)
-    if found is None:
-        raise FileExistsError(f"{target} exists but is not Waterbirds-Lite data (no {MARKER}). "
-                              "Give Waterbirds-Lite its own --out, or remove that folder.")
-    differs = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-    if differs:
-        details = ", ".join(f"{k}: found {a}, asked {b}" for k, (a, b) in differs.items())
-        raise FileExistsError(f"{target} holds Waterbirds-Lite data made with other settings "
-                              f"({details}). Remove it to regenerate, or use another --out.")
+    generated.check_existing(target, wanted, LABEL, MARKER)
 
 
 def main(argv: list[str] | None = None) -> int:
