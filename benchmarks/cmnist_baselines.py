@@ -143,24 +143,12 @@ def main(argv=None) -> int:
         print(f"{label:<7} {args.trials:>2}  {cells[0]}  |  {cells[1]}")
     print("oracle: " + json.dumps(RUNS["oracle"]))
     checks = check_targets(table)
-    print("\nExpected regime:")
-    for text, ok in checks:
-        print(f"  [{'met' if ok else 'NOT MET'}] {text}")
-    import torch
-    result = {
-        "benchmark": "cmnist_baselines", "dataset": args.dataset, "test_env": TEST_ENV,
-        "trials": args.trials, "steps": args.steps or "dataset default",
-        "checkpoint_freq": args.checkpoint_freq or "dataset default",
-        "threads_per_run": args.threads, "parallel_runs": args.jobs, "torch": torch.__version__,
-        "runs": {label: RUNS[label] for label in RUNS},
-        "hparams": json.dumps(args.hparams) if args.hparams else "",
-        "wall_seconds_this_invocation": round(time.time() - t0, 1),
-        "run_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
-        "table": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in row.items()}
-                  for k, row in table.items()},
-        "per_trial": per_trial,
-        "targets": [{"target": t, "met": ok} for t, ok in checks],
-    }
+    common.print_targets(checks, "Expected regime")
+    result = common.calibration_json(
+        "cmnist_baselines", args, t0, seconds, table, per_trial, checks, dataset=args.dataset,
+        test_env=TEST_ENV, steps=args.steps or "dataset default",
+        checkpoint_freq=args.checkpoint_freq or "dataset default",
+        runs={label: RUNS[label] for label in RUNS})
     common.write_json(args.out, result)
     return 0
 

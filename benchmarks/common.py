@@ -429,3 +429,33 @@ def select_checkpoint(out: str) -> tuple[dict, dict[str, float]]:
               "aa": IID.checkpoint_acc(best, "acc")["test_acc"],
               "wga": IID.checkpoint_acc(best, "wga")["test_acc"]}
     return best, scores
+
+
+# --------------------------------------------------------------------------------------
+# Calibration benchmarks (lite_baselines, waterbirds_baselines, cmnist_baselines)
+
+
+def print_targets(checks: list[tuple[str, bool]], title: str) -> None:
+    """Each calibration target, met or not."""
+    print(f"\n{title}:")
+    for text, ok in checks:
+        print(f"  [{'met' if ok else 'NOT MET'}] {text}")
+
+
+def calibration_json(benchmark: str, args: argparse.Namespace, t0: float, seconds: dict,
+                     table: dict, per_trial: dict, checks: list[tuple[str, bool]],
+                     **settings) -> dict:
+    """The result file of a calibration benchmark: its settings, the table (mean, sd), every
+    trial, the run times and the targets."""
+    import torch
+    return {
+        "benchmark": benchmark, **settings, "trials": args.trials,
+        "threads_per_run": args.threads, "parallel_runs": args.jobs, "torch": torch.__version__,
+        "hparams": json.dumps(args.hparams) if args.hparams else "",
+        "wall_seconds_this_invocation": round(time.time() - t0, 1),
+        "run_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
+        "table": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in row.items()}
+                  for k, row in table.items()},
+        "per_trial": per_trial,
+        "targets": [{"target": t, "met": ok} for t, ok in checks],
+    }

@@ -150,21 +150,9 @@ def main(argv=None) -> int:
         cells = "  ".join(f"{m:.3f} ± {s:.3f}" for m, s in (row["val"], row["aa"], row["wga"]))
         print(f"{d:<30} {a:<9} {args.trials:>2}  {cells}")
     checks = check_targets(table)
-    print("\nCalibration targets (training-domain validation selection):")
-    for text, ok in checks:
-        print(f"  [{'met' if ok else 'NOT MET'}] {text}")
-    import torch
-    result = {
-        "benchmark": "lite_baselines", "trials": args.trials, "threads_per_run": args.threads,
-        "parallel_runs": args.jobs, "torch": torch.__version__,
-        "hparams": json.dumps(args.hparams) if args.hparams else "",
-        "wall_seconds_this_invocation": round(time.time() - t0, 1),
-        "run_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
-        "table": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in row.items()}
-                  for k, row in table.items()},
-        "per_trial": per_trial,
-        "targets": [{"target": t, "met": ok} for t, ok in checks],
-    }
+    common.print_targets(checks, "Calibration targets (training-domain validation selection)")
+    result = common.calibration_json("lite_baselines", args, t0, seconds, table, per_trial,
+                                     checks)
     common.write_json(args.out, result)
     return 0
 

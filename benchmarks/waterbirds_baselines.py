@@ -133,25 +133,15 @@ def main(argv=None) -> int:
         cells = "  ".join(f"{m:.3f} ± {s:.3f}" for m, s in (row["val_wga"], row["aa"], row["wga"]))
         print(f"{DATASET:<15} {v:<19} {args.trials:>2}  {cells}")
     checks = check_targets(table)
-    print("\nCalibration targets (selection by the validation split's worst-group accuracy):")
-    for text, ok in checks:
-        print(f"  [{'met' if ok else 'NOT MET'}] {text}")
-    import torch
-    result = {
-        "benchmark": "waterbirds_baselines", "dataset": DATASET, "trials": args.trials,
-        "threads_per_run": args.threads, "parallel_runs": args.jobs, "torch": torch.__version__,
-        "selection": "validation-split worst-group accuracy", "test_envs": [TEST_ENV],
-        "holdout_fraction": 0, "hparams": json.dumps(args.hparams) if args.hparams else "",
-        "variants": {v: {"algorithm": a, "hparams": h} for v, (a, h) in VARIANTS.items()
-                     if v in args.variants},
-        "generation_seconds": round(generation_seconds, 1),
-        "wall_seconds_this_invocation": round(time.time() - t0, 1),
-        "run_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
-        "table": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in row.items()}
-                  for k, row in table.items()},
-        "per_trial": per_trial,
-        "targets": [{"target": t, "met": ok} for t, ok in checks],
-    }
+    common.print_targets(
+        checks, "Calibration targets (selection by the validation split's worst-group accuracy)")
+    result = common.calibration_json(
+        "waterbirds_baselines", args, t0, seconds, table, per_trial, checks, dataset=DATASET,
+        selection="validation-split worst-group accuracy", test_envs=[TEST_ENV],
+        holdout_fraction=0,
+        variants={v: {"algorithm": a, "hparams": h} for v, (a, h) in VARIANTS.items()
+                  if v in args.variants},
+        generation_seconds=round(generation_seconds, 1))
     common.write_json(args.out, result)
     return 0
 
