@@ -12,11 +12,10 @@ import json
 import os
 import socket
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import test_download_errors
 import torch
 
 from domainbed import datasets, hparams_registry
@@ -246,48 +245,12 @@ def test_the_trainer_prints_the_error_on_one_line(tmp_path, run_main):
 # --- the download ---------------------------------------------------------------------------
 
 
-class Server:
-    """Serves {path: bytes} on 127.0.0.1 with Range support; records (path, Range) per GET."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                header = self.headers.get("Range")
-                state.requests.append((self.path, header))
-                data = state.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = int(header.split("=")[1].rstrip("-")) if header else 0
-                self.send_response(206 if header else 200)
-                if header:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                self.wfile.write(data[start:])
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/mnist/"
+server = test_download_errors.server  # the fixture: a local HTTP server with Range support
 
 
-@pytest.fixture
-def server():
-    srv = Server()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-    thread.join(timeout=5)
+def mnist_url(server) -> str:
+    """The base URL the tiny MNIST is served under."""
+    return server.base + "/mnist/"
 
 
 @pytest.fixture
@@ -313,15 +276,15 @@ def test_torchvision_tables_are_the_defaults():
 def test_download_then_load(tmp_path, served):
     server, md5s, files = served
     data_dir = tmp_path / "data"
-    raw = download.download_mnist(str(data_dir), url=server.base, md5s=md5s)
+    raw = download.download_mnist(str(data_dir), url=mnist_url(server), md5s=md5s)
     assert raw == str(data_dir / "MNIST" / "raw")
     assert sorted(os.listdir(raw)) == sorted(files)  # decompressed; no .gz, .part or temporary
     for name, data in files.items():
         assert (data_dir / "MNIST" / "raw" / name).read_bytes() == data
     assert len(colored_mnist.ColoredMNIST(str(data_dir), [2], {})[1]) == 14
-    server.requests.clear()
-    download.download_mnist(str(data_dir), url=server.base, md5s=md5s)  # all there already
-    assert server.requests == []
+    server.ranges.clear()
+    download.download_mnist(str(data_dir), url=mnist_url(server), md5s=md5s)  # all there already
+    assert server.ranges == []
 
 
 def test_download_resumes_a_partial_file(tmp_path, served):
@@ -330,8 +293,8 @@ def test_download_resumes_a_partial_file(tmp_path, served):
     raw.mkdir(parents=True)
     gz = server.files["/mnist/train-images-idx3-ubyte.gz"]
     (raw / "train-images-idx3-ubyte.gz.part").write_bytes(gz[:len(gz) // 2])
-    download.download_mnist(str(tmp_path), url=server.base, md5s=md5s, keep_archive=True)
-    assert ("/mnist/train-images-idx3-ubyte.gz", f"bytes={len(gz) // 2}-") in server.requests
+    download.download_mnist(str(tmp_path), url=mnist_url(server), md5s=md5s, keep_archive=True)
+    assert ("/mnist/train-images-idx3-ubyte.gz", f"bytes={len(gz) // 2}-") in server.ranges
     assert (raw / "train-images-idx3-ubyte.gz").read_bytes() == gz  # kept: --keep_archive
     assert (raw / "train-images-idx3-ubyte").read_bytes() == files["train-images-idx3-ubyte"]
 
@@ -346,9 +309,9 @@ def run_download(run_main, data_dir, *args):
 def test_md5_mismatch_is_an_error_and_the_download_is_deleted(tmp_path, served, run_main):
     """Through the command line, so torchvision's md5 table applies (the tiny files differ)."""
     server, md5s, _ = served
-    result, lines = run_download(run_main, tmp_path, "--url", server.base)
+    result, lines = run_download(run_main, tmp_path, "--url", mnist_url(server))
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    url = server.base + "train-images-idx3-ubyte.gz"
+    url = mnist_url(server) + "train-images-idx3-ubyte.gz"
     want = dict(download.mnist_sources()[1])["train-images-idx3-ubyte.gz"]
     for phrase in (f"refused the file downloaded from {url}",
                    f"its md5 is {md5s['train-images-idx3-ubyte.gz']}, not {want}",
@@ -364,7 +327,7 @@ def test_a_gz_put_by_hand_that_does_not_match_is_kept(tmp_path, served):
     raw.mkdir(parents=True)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not mnist")
     with pytest.raises(download.DownloadError, match="delete it and rerun") as info:
-        download.download_mnist(str(tmp_path), url=server.base, md5s=md5s)
+        download.download_mnist(str(tmp_path), url=mnist_url(server), md5s=md5s)
     assert f"refused {raw / 'train-images-idx3-ubyte.gz'}: its md5 is" in str(info.value)
     assert (raw / "train-images-idx3-ubyte.gz").read_bytes() == b"not mnist"
 
@@ -378,7 +341,7 @@ def free_port() -> int:
 @pytest.mark.parametrize("kind", ["malformed", "unreachable", "404"])
 def test_bad_url_is_one_line(tmp_path, server, run_main, kind):
     url = {"malformed": "notaurl", "unreachable": f"http://127.0.0.1:{free_port()}/mnist/",
-           "404": server.base + "nothing/"}[kind]
+           "404": mnist_url(server) + "nothing/"}[kind]
     phrase = {"malformed": "--url 'notaurl' is not a valid download URL",
               "unreachable": "could not reach", "404": "HTTP 404"}[kind]
     result, lines = run_download(run_main, tmp_path / "data", "--url", url)
