@@ -7,6 +7,7 @@ test runs a real Debug28 sweep through it.
 import _thread
 import json
 import shlex
+import signal
 import threading
 import time
 
@@ -123,6 +124,16 @@ def _alive(pid):
 
 
 def test_ctrl_c_stops_running_jobs_and_reraises(tmp_path, job, cpu_only, capsys):
+    # Ctrl-C raises KeyboardInterrupt here, whatever handler an earlier test left installed
+    # (submitit's local executor, for one, installs its own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_launch(tmp_path, job, capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_launch(tmp_path, job, capsys):
     out_dir = tmp_path / "sweep" / "hanging"
     out_dir.mkdir(parents=True)
     pid_file = tmp_path / "hang.json.pid"
