@@ -42,11 +42,8 @@ METRICS = ("val", "aa", "wga", "wg_aa", "wg_wga")  # see `select`
 def training_argv(dataset: str, label: str, trial: int, out: str, args) -> list[str]:
     """The trainer's arguments: the defaults (hparams seed 0) on test environment 2, seeded
     as DomainBed's sweep seeds that run."""
-    from domainbed.lib import misc
     argv = common.training_args(dataset, "ERM", args.data_dir, out, 0, trial,
-                                {**RUNS[label], **args.hparams})
-    argv[argv.index("--test_envs") + 1] = str(TEST_ENV)
-    argv[argv.index("--seed") + 1] = str(misc.seed_hash(dataset, "ERM", [TEST_ENV], 0, trial))
+                                {**RUNS[label], **args.hparams}, test_env=TEST_ENV)
     for flag in ("steps", "checkpoint_freq"):
         if getattr(args, flag):
             argv += [f"--{flag}", str(getattr(args, flag))]

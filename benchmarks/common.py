@@ -363,14 +363,17 @@ SECONDS_FILE = "benchmark_seconds"
 
 
 def training_args(dataset: str, algorithm: str, data_dir: str, out: str, hparams_seed: int,
-                  trial: int, hparams: Mapping[str, Any] | None = None) -> list[str]:
-    """The trainer's arguments for one run on test environment 0, seeded as DomainBed's
-    sweep seeds it; `hparams` are fixed on top of the seed's draw."""
+                  trial: int, hparams: Mapping[str, Any] | None = None, test_env: int = 0,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """The trainer's arguments for one run on test environment `test_env`, seeded as
+    DomainBed's sweep seeds it; `hparams` are fixed on top of the seed's draw, and `extra`
+    are further train flags."""
     from domainbed.lib import misc
-    argv = ["--dataset", dataset, "--algorithm", algorithm, "--test_envs", "0",
+    argv = ["--dataset", dataset, "--algorithm", algorithm, "--test_envs", str(test_env),
             "--data_dir", os.path.abspath(data_dir), "--output_dir", os.path.abspath(out),
             "--hparams_seed", str(hparams_seed), "--trial_seed", str(trial),
-            "--seed", str(misc.seed_hash(dataset, algorithm, [0], hparams_seed, trial))]
+            "--seed", str(misc.seed_hash(dataset, algorithm, [test_env], hparams_seed, trial)),
+            *extra]
     if hparams:
         argv += ["--hparams", json.dumps(dict(hparams))]
     return argv

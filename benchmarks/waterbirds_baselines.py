@@ -45,24 +45,13 @@ def run_dir(out_dir: str, variant: str, trial: int) -> str:
     return os.path.join(out_dir, f"{DATASET}-{variant.replace('+', '-')}-trial{trial}")
 
 
-def training_args(algorithm: str, data_dir: str, out: str, trial: int, hparams: dict) -> list[str]:
-    """One subpopulation run (test split 2, no holdout), seeded as the sweep seeds it."""
-    from domainbed.lib import misc
-    argv = ["--dataset", DATASET, "--algorithm", algorithm, "--test_envs", str(TEST_ENV),
-            "--holdout_fraction", "0", "--data_dir", os.path.abspath(data_dir),
-            "--output_dir", os.path.abspath(out), "--hparams_seed", "0",
-            "--trial_seed", str(trial),
-            "--seed", str(misc.seed_hash(DATASET, algorithm, [TEST_ENV], 0, trial))]
-    if hparams:
-        argv += ["--hparams", json.dumps(hparams)]
-    return argv
-
-
 def train_one(job: tuple, args) -> tuple[str, float, bool]:
     variant, trial = job
     algorithm, hparams = VARIANTS[variant]
     out = run_dir(args.out_dir, variant, trial)
-    argv = training_args(algorithm, args.data_dir, out, trial, {**hparams, **args.hparams})
+    argv = common.training_args(DATASET, algorithm, args.data_dir, out, 0, trial,
+                                {**hparams, **args.hparams}, test_env=TEST_ENV,
+                                extra=["--holdout_fraction", "0"])  # the splits whole
     seconds, ran = common.train_once(out, argv, args.threads, entry=TRAINER)
     return out, seconds, ran
 
