@@ -158,13 +158,15 @@ def _describe_differences(saved: dict, current: dict, keys: list[str]) -> str:
     return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def check_folder(args: argparse.Namespace, hparams: dict[str, Any]) -> Optional[dict[str, Any]]:
+def check_folder(args: argparse.Namespace, hparams: dict[str, Any],
+                 read_resume: bool = True) -> Optional[dict[str, Any]]:
     """What the output folder allows: the resume state to continue from, or None to start at
-    step 0. A finished run raises AlreadyDone; another run's folder is refused."""
+    step 0. A finished run raises AlreadyDone; another run's folder is refused. Without
+    `read_resume` only the records are compared (a quick look that loads no checkpoint)."""
     out = args.output_dir
     resume_path = run_folder.path(out, run_folder.RESUME)
     state = None
-    if os.path.exists(resume_path) and not run_folder.is_done(out):
+    if read_resume and os.path.exists(resume_path) and not run_folder.is_done(out):
         try:
             state = resume.load(resume_path)
         except Exception as exc:  # torn or foreign file: say so, touch nothing
@@ -350,7 +352,7 @@ def train(args: argparse.Namespace) -> None:
             "class_balanced, or an attribute-aware dataset.")
 
     try:
-        check_folder(args, hparams)  # first without the lock, so a refusal writes nothing
+        check_folder(args, hparams, read_resume=False)  # without the lock: a refusal writes nothing
         os.makedirs(args.output_dir, exist_ok=True)
         with run_folder.training_lock(args.output_dir):
             resume_state = check_folder(args, hparams)  # again: the folder may have changed
