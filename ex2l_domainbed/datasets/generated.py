@@ -2,9 +2,11 @@
 a marker file of the settings that made them, so a folder is never mixed or silently reused."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Callable
 
@@ -59,3 +61,31 @@ def generate_once(out: str, folder_name: str, wanted: dict, write: Callable[[str
         shutil.rmtree(tmp, ignore_errors=True)
     check_existing(target, wanted, label, marker)
     return target
+
+
+def locate_or_generate(root: str, folder_name: str, generate: Callable[[], str], label: str,
+                       error: type[Exception]) -> str:
+    """The generated folder a --data_dir names: the folder itself, `<root>/<folder_name>`, or
+    (neither existing) a new one that `generate()` writes there on first use."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise error(f"--data_dir {root} is a file; give a folder for the data.")
+    if os.path.basename(root) == folder_name and os.path.isdir(root):
+        return root
+    if os.path.isdir(os.path.join(root, folder_name)):
+        return os.path.join(root, folder_name)
+    print(f"Generating {label} into {root} (first use)...", file=sys.stderr)
+    return generate()
+
+
+def generator_main(parser: argparse.ArgumentParser, argv: list[str] | None,
+                   generate: Callable[[argparse.Namespace], str]) -> int:
+    """A generator's command line: print the folder `generate(args)` made, or one error line
+    and exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        path = generate(args)
+    except (ValueError, FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

@@ -167,15 +167,10 @@ class SpawriousLiteBenchmark(SpawriousBenchmark):
 
     def prepare_root(self, root) -> str:
         root = os.path.normpath(os.path.expanduser(str(root)))
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise SpawriousDataError(f"--data_dir {root} is a file; give a folder for the data.")
-        if os.path.basename(root) == TREE_FOLDER and os.path.isdir(root):
-            tree = root
-        elif os.path.isdir(os.path.join(root, TREE_FOLDER)):
-            tree = os.path.join(root, TREE_FOLDER)
-        else:
-            print(f"Generating Spawrious-Lite into {root} (first use)...", file=sys.stderr)
-            tree = generate(root, size=self.IMAGE_SIZE, per_cell=self.BASE_COUNT)
+        tree = generated.locate_or_generate(
+            root, TREE_FOLDER,
+            lambda: generate(root, size=self.IMAGE_SIZE, per_cell=self.BASE_COUNT),
+            "Spawrious-Lite", SpawriousDataError)
         marker = read_marker(tree)
         if marker is None:
             raise SpawriousDataError(
@@ -261,14 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per_cell", type=int, default=DEFAULT_PER_CELL,
                         help="images per (pool, location, class) cell")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    args = parser.parse_args(argv)
-    try:
-        path = generate(args.out, args.size, args.per_cell, args.seed)
-    except (ValueError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return generated.generator_main(
+        parser, argv, lambda args: generate(args.out, args.size, args.per_cell, args.seed))
 
 
 if __name__ == "__main__":

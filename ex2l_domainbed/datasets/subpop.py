@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from typing import Callable, Iterable
 
 from PIL import Image
@@ -33,6 +32,7 @@ from PIL import Image
 from domainbed.datasets import MultipleDomainDataset
 from domainbed.lib.misc import UserInputError
 from ex2l_domainbed.backbones import LITE_CNN
+from ex2l_domainbed.datasets import generated
 from ex2l_domainbed.datasets.spawrious import SpawriousEnvironment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -409,15 +409,9 @@ class WaterbirdsLite(Waterbirds):
     def prepare_root(self, root: str) -> str:
         from ex2l_domainbed.datasets import waterbirds_lite
 
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise SubpopDataError(f"--data_dir {root} is a file; give a folder for the data.")
-        if os.path.basename(root) == WATERBIRDS_FOLDER and os.path.isdir(root):
-            folder = root
-        elif os.path.isdir(os.path.join(root, WATERBIRDS_FOLDER)):
-            folder = os.path.join(root, WATERBIRDS_FOLDER)
-        else:
-            print(f"Generating Waterbirds-Lite into {root} (first use)...", file=sys.stderr)
-            folder = waterbirds_lite.generate(root, size=self.IMAGE_SIZE)
+        folder = generated.locate_or_generate(
+            root, WATERBIRDS_FOLDER, lambda: waterbirds_lite.generate(root, size=self.IMAGE_SIZE),
+            "Waterbirds-Lite", SubpopDataError)
         marker = waterbirds_lite.read_marker(folder)
         if marker is None:
             raise SubpopDataError(

@@ -153,14 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
                         help="fraction of the real group counts (0 < scale <= 1)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    args = parser.parse_args(argv)
-    try:
-        path = generate(args.out, args.size, args.scale, args.seed)
-    except (ValueError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return generated.generator_main(
+        parser, argv, lambda args: generate(args.out, args.size, args.scale, args.seed))
 
 
 if __name__ == "__main__":
