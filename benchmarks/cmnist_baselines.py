@@ -13,16 +13,15 @@ sample sd over trials), checks the expected regime, and writes JSON.
     OMP_NUM_THREADS=1 python -m benchmarks.cmnist_baselines                # the calibration
     OMP_NUM_THREADS=1 python -m benchmarks.cmnist_baselines --steps 30 --checkpoint_freq 15  # CPU
 
-`--steps` and `--checkpoint_freq` default to the dataset's own (1001 and 100): 45
-minutes to an hour on two CPU cores; the second (which shows the shortcut only) takes seven.
-Training-domain validation scores checkpoints on the training environments' natural
-holdout, where the colour is worth 85% and the shape at most 75%, so it favours
-colour-reliant checkpoints even for the oracle; the worst-group columns show what the
-oracle learned. ERM picks the colour up within ~25 steps; under balanced sampling the
-shape is learned only after ~500 (a probe of the oracle at the defaults: test AA / WGA
-0.69 / 0.64 at step 650, 0.71 / 0.69 at 700, 0.60 / 0.55 at 1000). Finished runs are
-reused when the command is run again with the same --out_dir (a run's folder names its
-step count).
+`--steps` and `--checkpoint_freq` default to the dataset's own (1001 and 100): about 8
+minutes for the six runs with `--jobs 2` on two CPU cores; the second (which shows the
+shortcut only) takes one. Training-domain validation scores checkpoints on the training
+environments' natural holdout, where the colour is worth 85% and the shape at most 75%, so
+it favours colour-reliant checkpoints even for the oracle; the worst-group columns show what
+the oracle learned, and only they are judged for it (`check_targets`). ERM picks the colour
+up within ~25 steps; under balanced sampling the shape takes hundreds of steps. Finished
+runs are reused when the command is run again with the same --out_dir (a run's folder names
+its step count); measured figures are in docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -81,24 +80,27 @@ def select(out: str) -> dict[str, float]:
 
 
 def check_targets(table: dict) -> list[tuple[str, bool]]:
-    """The expected regime, as (description, met). On "-90%" the
-    colour misleads in the majority groups, so a colour-reliant model scores low AA and a
-    WGA near 0 (a shape-only one about 0.75 on both); the oracle should lift the worst
-    group and leave little gap between AA and WGA."""
+    """The expected regime, as (description, met). On "-90%" the colour misleads in the
+    majority groups, so a colour-reliant model scores low AA and a WGA near 0 (a shape-only
+    one about 0.75 on both). ERM, chosen by training-domain validation, must take the colour
+    (DomainBed's own -90% column: about 10% for every algorithm). The oracle is judged under
+    worst-group validation only: training-domain validation scores the training environments'
+    holdout, where the colour is worth 85% and the shape at most 75%, so it picks the oracle's
+    colour-reliant checkpoints too (its columns are printed, not judged)."""
     erm, oracle = table.get("ERM"), table.get("oracle")
     checks = []
-    for name, aa, wga in (("training-domain", "aa", "wga"), ("worst-group", "wg_aa", "wg_wga")):
-        if erm and name == "training-domain":  # (worst-group: all ERM's WGAs tie at ~0)
-            checks.append((f"{name}: ERM takes the colour, test AA <= 0.30 and WGA <= 0.10 "
-                           f"({erm[aa][0]:.3f}, {erm[wga][0]:.3f})",
-                           erm[aa][0] <= 0.30 and erm[wga][0] <= 0.10))
-        if erm and oracle:
-            checks += [
-                (f"{name}: oracle test WGA >= ERM's + 0.30 ({oracle[wga][0]:.3f} vs "
-                 f"{erm[wga][0]:.3f})", oracle[wga][0] >= erm[wga][0] + 0.30),
-                (f"{name}: oracle AA - WGA <= 0.10 ({oracle[aa][0] - oracle[wga][0]:.3f})",
-                 oracle[aa][0] - oracle[wga][0] <= 0.10),
-            ]
+    if erm:
+        checks.append((f"training-domain: ERM takes the colour, test AA <= 0.30 and WGA <= 0.10 "
+                       f"({erm['aa'][0]:.3f}, {erm['wga'][0]:.3f})",
+                       erm["aa"][0] <= 0.30 and erm["wga"][0] <= 0.10))
+    if erm and oracle:
+        checks += [
+            (f"worst-group: oracle test WGA >= ERM's + 0.30 ({oracle['wg_wga'][0]:.3f} vs "
+             f"{erm['wg_wga'][0]:.3f})", oracle["wg_wga"][0] >= erm["wg_wga"][0] + 0.30),
+            (f"worst-group: oracle AA - WGA <= 0.10 "
+             f"({oracle['wg_aa'][0] - oracle['wg_wga'][0]:.3f})",
+             oracle["wg_aa"][0] - oracle["wg_wga"][0] <= 0.10),
+        ]
     return checks
 
 
