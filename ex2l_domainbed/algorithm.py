@@ -24,7 +24,9 @@ ReLU map hides) counts too: the maps show where any class (attribute) evidence i
 class*: its softmax runs only over the attributes seen with the sample's class so far
 (a co-occurrence table kept as a buffer). Where class and attribute are strongly
 correlated (one-to-one challenges) an unconditional confounder can read the object,
-and its map then pushes the label map off the object.
+and its map then pushes the label map off the object. `ex2l_confounder_balanced` attacks
+the same shortcut in the loss instead: every (class, attribute) group weighs alike in the
+confounder's CE, so reading the class no longer pays.
 
 The class only uses names that upstream DomainBed also has (`Algorithm`, `Featurizer`,
 `Classifier`), so the same class runs inside an upstream checkout (see `plugin`).
@@ -91,6 +93,7 @@ def define_ex2l(define) -> None:
     define("ex2l_detach_label", False, lambda r: False)
     define("ex2l_conditional_confounder", False, lambda r: False)
     define("ex2l_confounder_lr_mult", 1.0, lambda r: 1.0, low=0.0)
+    define("ex2l_confounder_balanced", False, lambda r: False)
     define("ex2l_penalty_path", "both", lambda r: "both", choices=PENALTY_PATHS)
 
 
@@ -144,7 +147,7 @@ class EX2L(Algorithm):
         self.optimizer = torch.optim.Adam(groups, lr=lr,
                                           weight_decay=self.hparams["weight_decay"])
         self.register_buffer("update_count", torch.tensor([0]))
-        if self.hparams.get("ex2l_conditional_confounder", False):
+        if self._counts_groups():
             self.register_buffer("cooccurrence", torch.zeros(num_classes, n_confounders))
 
     @staticmethod
@@ -190,7 +193,7 @@ class EX2L(Algorithm):
         loss_label = F.cross_entropy(label_logits, y)
         if not self.hparams["ex2l_confounder_grad"]:  # the confounder CE trains its head only
             confounder_logits = self._confounder_head(y)(cam.pooled.detach())
-        loss_confounder = F.cross_entropy(confounder_logits, a)
+        loss_confounder = self._confounder_loss(confounder_logits, y, a)
         overlap = overlap.mean()
         lam = self.penalty_weight()
         loss = loss_label + self.hparams["ex2l_beta"] * loss_confounder + lam * overlap
@@ -204,10 +207,29 @@ class EX2L(Algorithm):
         return self._diagnostics(loss, loss_label, loss_confounder, overlap, lam, maps,
                                  confounder_logits, a)
 
+    def _counts_groups(self) -> bool:
+        """Whether the (class, attribute) co-occurrence counts are kept (a buffer, so they
+        resume with the run): the conditional confounder and the balanced loss read them."""
+        return bool(self.hparams.get("ex2l_conditional_confounder", False)
+                    or self.hparams.get("ex2l_confounder_balanced", False))
+
+    def _confounder_loss(self, logits: torch.Tensor, y: torch.Tensor,
+                         a: torch.Tensor) -> torch.Tensor:
+        """The confounder's CE; with ex2l_confounder_balanced every (class, attribute) group
+        counts alike (each sample weighted by 1 / its group's count so far in training), so
+        the class no longer tells the confounder the attribute."""
+        if not self.hparams.get("ex2l_confounder_balanced", False):
+            return F.cross_entropy(logits, a)
+        weights = 1.0 / self.cooccurrence[y, a]  # >= 1 count: this batch is already counted
+        losses = F.cross_entropy(logits, a, reduction="none")
+        return (losses * weights).sum() / weights.sum()
+
     def _blocked_attributes(self, y: torch.Tensor) -> Optional[torch.Tensor]:
         """[B, A] true where an attribute was never seen with the sample's class (only with
         ex2l_conditional_confounder; None otherwise)."""
-        return self.cooccurrence[y] == 0 if hasattr(self, "cooccurrence") else None
+        if not self.hparams.get("ex2l_conditional_confounder", False):
+            return None
+        return self.cooccurrence[y] == 0
 
     def _confounder_head(self, y: torch.Tensor):
         """The confounder head as its loss and map see it: conditional on the class, the

@@ -29,7 +29,8 @@ def test_registered_after_erm_and_groupdro_with_hparams():
         "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
         "ex2l_score": "log_softmax", "ex2l_detach_confounder": False,
         "ex2l_detach_label": False, "ex2l_conditional_confounder": False,
-        "ex2l_confounder_lr_mult": 1.0, "ex2l_penalty_path": "both"}
+        "ex2l_confounder_lr_mult": 1.0, "ex2l_confounder_balanced": False,
+        "ex2l_penalty_path": "both"}
     assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
     rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
     expected = 10 ** __import__("numpy").random.RandomState(

@@ -285,6 +285,25 @@ def _confounder_moves_faster(overrides, algorithm, mbs, outs):
             torch.testing.assert_close(fast_p[name], slow_p[name], rtol=0, atol=0)
 
 
+def _balances_confounder_groups(overrides, algorithm, mbs, outs):
+    """confounder_balanced: the confounder CE is the mean over (class, confounder) groups of
+    each group's mean CE (the skewed batches' groups hold 8, 8, 4 and 4 samples), not the
+    mean over samples; the counts are the buffer that resumes with the run."""
+    fresh, _ = build(**overrides)
+    x, y, a = _xya(fresh, mbs)
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(
+            fresh.confounder_classifier(fresh.featurizer(x)), a, reduction="none")
+    keys = y * 3 + a
+    per_group = [losses[keys == k].mean() for k in keys.unique()]
+    first = fresh.update(mbs)
+    assert first["loss_confounder"] == pytest.approx(float(torch.stack(per_group).mean()),
+                                                     rel=1e-5)
+    assert first["loss_confounder"] != pytest.approx(float(losses.mean()), rel=1e-3)
+    assert algorithm.cooccurrence.sum() == 2 * len(y)
+    assert "cooccurrence" in algorithm.state_dict()
+
+
 def _penalty_through_one_map(overrides, algorithm, mbs, outs):
     """penalty_path label / confounder: the other map is a constant inside the overlap, so
     the penalty sends nothing into that map's head; the featurizer gets the gradient through
@@ -334,6 +353,8 @@ OPTION_CASES = [
                  batches, _dropout_is_shared_by_maps_and_logits, id="dropout"),
     pytest.param({"ex2l_confounder_lr_mult": 10.0}, batches, _confounder_moves_faster,
                  id="confounder-lr-mult"),
+    pytest.param({"ex2l_confounder_balanced": True}, _skewed_batches,
+                 _balances_confounder_groups, id="confounder-balanced"),
     pytest.param({"ex2l_penalty_path": "label"}, batches, _penalty_through_one_map,
                  id="penalty-path-label"),
     pytest.param({"ex2l_penalty_path": "confounder"}, batches, _penalty_through_one_map,
