@@ -43,5 +43,27 @@ class EX2L_Conditional(EX2L):
     FIXED_HPARAMS = {**FEATURES, "ex2l_conditional_confounder": True}
 
 
+class EX2L_BalancedConfounder(EX2L):
+    """EX2L_FeaturesFast whose confounder CE weights every (class, attribute) group alike, so
+    it cannot learn the attribute from the class (one-to-one data)."""
+
+    FIXED_HPARAMS = {**EX2L_FeaturesFast.FIXED_HPARAMS, "ex2l_confounder_balanced": True}
+
+
+# The path ablation (sweeps/lite_ablation.toml): the recommended formulation with its
+# penalty reaching the features through one map, the other held constant in the overlap.
+class EX2L_LabelPath(EX2L):
+    """EX2L_FeaturesFast with the penalty through the label map only."""
+
+    FIXED_HPARAMS = {**EX2L_FeaturesFast.FIXED_HPARAMS, "ex2l_penalty_path": "label"}
+
+
+class EX2L_ConfounderPath(EX2L):
+    """EX2L_FeaturesFast with the penalty through the confounder map only."""
+
+    FIXED_HPARAMS = {**EX2L_FeaturesFast.FIXED_HPARAMS, "ex2l_penalty_path": "confounder"}
+
+
 FORMULATIONS: dict[str, type[EX2L]] = {
-    cls.__name__: cls for cls in (EX2L_Honest, EX2L_Features, EX2L_FeaturesFast, EX2L_Conditional)}
+    cls.__name__: cls for cls in (EX2L_Honest, EX2L_Features, EX2L_FeaturesFast, EX2L_Conditional,
+                                  EX2L_BalancedConfounder, EX2L_LabelPath, EX2L_ConfounderPath)}
