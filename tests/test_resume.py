@@ -65,17 +65,21 @@ def run(command):
 
 def kill_at_random_moment(command, output_dir, rng, n_checkpoints):
     """Start the run and SIGKILL it after a random number of records plus a random fraction
-    of a checkpoint interval, so the kill lands anywhere, mostly between checkpoints."""
+    of a checkpoint interval, so the kill lands anywhere, mostly between checkpoints. The
+    interval is measured between two records, never from the start (which includes the
+    imports and can outlast the rest of the run)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     target = rng.randint(1, n_checkpoints - 2)
     results = os.path.join(output_dir, "results.jsonl")
-    seen, last_change, interval = 0, time.time(), None
+    seen, last_change, interval = 0, None, None
     while proc.poll() is None:
         count = len(open(results).readlines()) if os.path.exists(results) else 0
         if count != seen:
-            interval, seen, last_change = time.time() - last_change, count, time.time()
+            if last_change is not None:
+                interval = time.time() - last_change
+            seen, last_change = count, time.time()
         if seen >= target and interval is not None:
             time.sleep(rng.random() * interval)
             proc.send_signal(signal.SIGKILL)
