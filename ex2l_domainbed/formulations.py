@@ -18,6 +18,13 @@ HONEST = {"ex2l_detach_confounder": True}
 FEATURES = {**HONEST, "ex2l_confounder_grad": False, "ex2l_detach_label": True}
 
 
+class EX2L_Literal(EX2L):
+    """The literal reconstruction of the paper's loss: both maps' weights differentiable, the
+    confounder shaping the features, one learning rate (define_ex2l's own values)."""
+
+    FIXED_HPARAMS: dict = {}
+
+
 class EX2L_Honest(EX2L):
     """EX2L whose penalty cannot silence the confounder head's map."""
 
@@ -65,5 +72,5 @@ class EX2L_ConfounderPath(EX2L):
 
 
 FORMULATIONS: dict[str, type[EX2L]] = {
-    cls.__name__: cls for cls in (EX2L_Honest, EX2L_Features, EX2L_FeaturesFast, EX2L_Conditional,
+    cls.__name__: cls for cls in (EX2L_Literal, EX2L_Honest, EX2L_Features, EX2L_FeaturesFast, EX2L_Conditional,
                                   EX2L_BalancedConfounder, EX2L_LabelPath, EX2L_ConfounderPath)}
