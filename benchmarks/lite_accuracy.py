@@ -39,23 +39,26 @@ DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",
                "confounder_map_mass", "label_map_zero_frac", "confounder_map_zero_frac"]
 
 
-def chosen_checkpoints(records: Q) -> list[dict]:
-    """Per trial, the record of the checkpoint that the standard selection chooses."""
+def chosen_checkpoints(records: Q, selection=SELECTION) -> list[dict]:
+    """Per trial, the record of the checkpoint that `selection` chooses (collect_results'
+    rule: per trial the best hparams seed, in its run the best checkpoint)."""
     chosen = []
     for _, trial_records in records.group("args.trial_seed"):
-        ranked = SELECTION.hparams_accs(trial_records)
+        ranked = selection.hparams_accs(trial_records)
         if not len(ranked):
             continue
         _, run_records = ranked[0]
-        chosen.append(model_selection.get_test_records(run_records).argmax(
-            lambda r: SELECTION.checkpoint_acc(r)["val_acc"]))
+        scored = model_selection.get_test_records(run_records).filter(
+            lambda r: selection.checkpoint_acc(r) is not None)
+        chosen.append(scored.argmax(lambda r: selection.checkpoint_acc(r)["val_acc"]))
     return chosen
 
 
-def trial_row(record: dict) -> dict:
-    row = {"val": SELECTION.checkpoint_acc(record)["val_acc"],
-           "aa": SELECTION.checkpoint_acc(record, "acc")["test_acc"],
-           "wga": SELECTION.checkpoint_acc(record, "wga")["test_acc"],
+def trial_row(record: dict, selection=SELECTION) -> dict:
+    """The chosen checkpoint's validation score under `selection`, test AA and WGA."""
+    row = {"val": selection.checkpoint_acc(record)["val_acc"],
+           "aa": selection.checkpoint_acc(record, "acc")["test_acc"],
+           "wga": selection.checkpoint_acc(record, "wga")["test_acc"],
            "step": record["step"], "dir": record["args"]["output_dir"],
            "hparams_seed": record["args"]["hparams_seed"]}
     row.update({k: record[k] for k in DIAGNOSTICS if k in record})
@@ -72,11 +75,11 @@ def summarise(trials: list[dict]) -> dict:
     return summary
 
 
-def build_table(sweep_dir: str) -> dict[tuple[str, str], dict]:
+def build_table(sweep_dir: str, selection=SELECTION) -> dict[tuple[str, str], dict]:
     records = reporting.load_records(sweep_dir)
     table = {}
     for (dataset, algorithm), group in records.group("args.dataset, args.algorithm"):
-        trials = [trial_row(r) for r in chosen_checkpoints(group)]
+        trials = [trial_row(r, selection) for r in chosen_checkpoints(group, selection)]
         if trials:
             table[dataset, algorithm] = summarise(trials)
     return table

@@ -43,41 +43,41 @@ CLR10 = {"ex2l_confounder_lr_mult": 10.0}
 L3, L10 = {"ex2l_lambda": 3.0}, {"ex2l_lambda": 10.0}
 PROBES = {
     # the first prototype's best setting, literal and with the honest confounder
-    "EX2L-l10-b0.1": ("EX2L", {**L10, "ex2l_beta": 0.1}),
-    "EX2L-honest-l10-b0.1": ("EX2L", {**L10, "ex2l_beta": 0.1, "ex2l_detach_confounder": True}),
+    "EX2L-l10-b0.1": ("EX2L_Literal", {**L10, "ex2l_beta": 0.1}),
+    "EX2L-honest-l10-b0.1": ("EX2L_Literal", {**L10, "ex2l_beta": 0.1, "ex2l_detach_confounder": True}),
     # an honest confounder that reads the features without shaping them, and learns first
-    "EX2L-honest-cg0-w300-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_warmup_steps": 300}),
-    "EX2L-honest-cg0-w300-l10": ("EX2L", {**L10, **SEPARATE, "ex2l_warmup_steps": 300}),
+    "EX2L-honest-cg0-w300-l3": ("EX2L_Literal", {**L3, **SEPARATE, "ex2l_warmup_steps": 300}),
+    "EX2L-honest-cg0-w300-l10": ("EX2L_Literal", {**L10, **SEPARATE, "ex2l_warmup_steps": 300}),
     # a signed overlap: Pearson rewards a label map that is high where the confounder map
     # is low ("look where the confounder is not")
-    "EX2L-separate-pearson-l1": ("EX2L", {**SEPARATE, "ex2l_overlap": "pearson"}),
-    "EX2L-separate-pearson-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_overlap": "pearson"}),
-    "EX2L-features-l3": ("EX2L", {**L3, **FEATURES}),
-    "EX2L-features-l10": ("EX2L", {**L10, **FEATURES}),
+    "EX2L-separate-pearson-l1": ("EX2L_Literal", {**SEPARATE, "ex2l_overlap": "pearson"}),
+    "EX2L-separate-pearson-l3": ("EX2L_Literal", {**L3, **SEPARATE, "ex2l_overlap": "pearson"}),
+    "EX2L-features-l3": ("EX2L_Literal", {**L3, **FEATURES}),
+    "EX2L-features-l10": ("EX2L_Literal", {**L10, **FEATURES}),
     # every class explained: evidence against a class counts as much as evidence for one
-    "EX2L-allclass-l3": ("EX2L", {**L3, **SEPARATE, "ex2l_target": "all"}),
-    "EX2L-allclass-features-l3": ("EX2L", {**L3, **FEATURES, "ex2l_target": "all"}),
-    "EX2L-features-cond-l3": ("EX2L", {**L3, **COND}),
+    "EX2L-allclass-l3": ("EX2L_Literal", {**L3, **SEPARATE, "ex2l_target": "all"}),
+    "EX2L-allclass-features-l3": ("EX2L_Literal", {**L3, **FEATURES, "ex2l_target": "all"}),
+    "EX2L-features-cond-l3": ("EX2L_Literal", {**L3, **COND}),
     # controls: beta 0 leaves the (detached, out-of-featurizer) confounder head at its random
     # initialisation, so the penalty is against the map of an untrained head
-    "EX2L-features-l3-b0": ("EX2L", {**L3, **FEATURES, "ex2l_beta": 0.0}),
-    "EX2L-features-cond-l3-b0": ("EX2L", {**L3, **COND, "ex2l_beta": 0.0}),
+    "EX2L-features-l3-b0": ("EX2L_Literal", {**L3, **FEATURES, "ex2l_beta": 0.0}),
+    "EX2L-features-cond-l3-b0": ("EX2L_Literal", {**L3, **COND, "ex2l_beta": 0.0}),
     # the confounder head with a 10x learning rate (beta cannot speed it up under Adam)
-    "EX2L-features-l3-clr10": ("EX2L", {**L3, **FEATURES, **CLR10}),
-    "EX2L-features-cond-l3-clr10": ("EX2L", {**L3, **COND, **CLR10}),
+    "EX2L-features-l3-clr10": ("EX2L_Literal", {**L3, **FEATURES, **CLR10}),
+    "EX2L-features-cond-l3-clr10": ("EX2L_Literal", {**L3, **COND, **CLR10}),
 }
 # The first path ablation (docs/lite_study.md), of one probe: one map alone carries the
 # features-only penalty into the features, the other is held constant in the overlap. The
 # ablation of the recommended formulation is the sweep definition sweeps/lite_ablation.toml.
 ABLATION_BASE = "EX2L-features-l3"
 PROBES.update({f"{ABLATION_BASE}-via-{path}":
-               ("EX2L", {**PROBES[ABLATION_BASE][1], "ex2l_penalty_path": path})
+               ("EX2L_Literal", {**PROBES[ABLATION_BASE][1], "ex2l_penalty_path": path})
                for path in ("label", "confounder")})
 # The separated formulation under the same random search as the others.
 SEARCHES = {
-    "EX2L-separate": ("EX2L", SEPARATE),
-    "EX2L-separate-w300": ("EX2L", {**SEPARATE, "ex2l_warmup_steps": 300}),
-    "EX2L-separate-iou": ("EX2L", {**SEPARATE, "ex2l_overlap": "soft_iou"}),
+    "EX2L-separate": ("EX2L_Literal", SEPARATE),
+    "EX2L-separate-w300": ("EX2L_Literal", {**SEPARATE, "ex2l_warmup_steps": 300}),
+    "EX2L-separate-iou": ("EX2L_Literal", {**SEPARATE, "ex2l_overlap": "soft_iou"}),
 }
 ALL_VARIANTS = {**PROBES, **SEARCHES}
 DIAGNOSTICS = ["confounder_acc", "adversary_acc", "overlap", "label_map_mass",

@@ -43,6 +43,7 @@ from domainbed import networks
 from domainbed.algorithms import Algorithm
 from ex2l_domainbed import gradcam as gradcam_lib
 from ex2l_domainbed.feature_maps import split_featurizer
+from ex2l_domainbed.formulation_values import DEFAULT_FORMULATION, FORMULATION_VALUES
 from ex2l_domainbed.gradcam import overlap as overlap_lib
 from ex2l_domainbed.nuisance import nuisance_labels
 
@@ -118,8 +119,9 @@ class EX2L(Algorithm):
     """ERM plus a confounder head and a Grad-CAM overlap penalty between the two heads."""
 
     USES_ATTRIBUTES = True
-    # A formulation (a subclass, see `formulations`) fixes some ex2l_ hparams by default.
-    FIXED_HPARAMS: dict[str, Any] = {}
+    # A formulation (a subclass, see `formulations`) fixes some ex2l_ hparams by default;
+    # EX2L itself runs the chosen default formulation (formulation_values).
+    FIXED_HPARAMS: dict[str, Any] = FORMULATION_VALUES[DEFAULT_FORMULATION]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams,
                  num_attributes: Optional[int] = None):

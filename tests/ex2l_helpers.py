@@ -7,7 +7,7 @@ from domainbed.plugins import load_plugins
 load_plugins()
 
 
-def build(name="EX2L", dataset_name="Debug28", num_attributes=None, seed=0, **overrides):
+def build(name="EX2L_Literal", dataset_name="Debug28", num_attributes=None, seed=0, **overrides):
     hparams = hparams_registry.default_hparams(name, dataset_name)
     hparams.update(overrides)
     dataset = datasets.get_dataset_class(dataset_name)("", [], hparams)

@@ -10,6 +10,7 @@ from domainbed.lib import misc
 from domainbed.plugins import load_plugins
 from domainbed.scripts import train
 from ex2l_domainbed.algorithm import EX2L, EX2LHparamError, ex2l_hparams
+from ex2l_domainbed.formulation_values import DEFAULT_FORMULATION, FORMULATION_VALUES
 
 torch.set_num_threads(1)
 load_plugins()
@@ -23,14 +24,18 @@ def test_registered_after_erm_and_groupdro_with_hparams():
     names = algorithms.ALGORITHMS
     assert names.index("EX2L") == names.index("GroupDRO") + 1 and names.count("EX2L") == 1
     assert algorithms.get_algorithm_class("EX2L") is EX2L and EX2L.USES_ATTRIBUTES
-    hp = hparams_registry.default_hparams("EX2L", "Debug28")
-    assert {k: hp[k] for k in hp if k.startswith("ex2l_")} == {
+    literal = {
         "ex2l_lambda": 1.0, "ex2l_beta": 1.0, "ex2l_overlap": "cosine", "ex2l_target": "true",
         "ex2l_confounder_grad": True, "ex2l_warmup_steps": 0, "ex2l_gradcam": "auto",
         "ex2l_score": "log_softmax", "ex2l_detach_confounder": False,
         "ex2l_detach_label": False, "ex2l_conditional_confounder": False,
         "ex2l_confounder_lr_mult": 1.0, "ex2l_confounder_balanced": False,
         "ex2l_penalty_path": "both"}
+    hp = hparams_registry.default_hparams("EX2L_Literal", "Debug28")
+    assert {k: hp[k] for k in hp if k.startswith("ex2l_")} == literal
+    hp = hparams_registry.default_hparams("EX2L", "Debug28")  # the chosen formulation's values
+    assert {k: hp[k] for k in hp if k.startswith("ex2l_")} == \
+        {**literal, **FORMULATION_VALUES[DEFAULT_FORMULATION]}
     assert not any(k.startswith("ex2l_") for k in hparams_registry.default_hparams("ERM", "Debug28"))
     rnd = hparams_registry.random_hparams("EX2L", "Debug28", 7)
     expected = 10 ** __import__("numpy").random.RandomState(

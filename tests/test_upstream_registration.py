@@ -104,11 +104,14 @@ def test_register_in_process(upstream):
 
     # EX2L's hparams: defaults, and random values by upstream's per-name seeding rule.
     fns = _ex2l_random_fns()
-    default = hparams_registry.default_hparams("EX2L", "Debug28")
+    default = hparams_registry.default_hparams("EX2L_Literal", "Debug28")
     assert {k: default[k] for k in fns} == {k: d for k, (d, _) in fns.items()}
+    from ex2l_domainbed.formulation_values import DEFAULT_FORMULATION, FORMULATION_VALUES
+    chosen = hparams_registry.default_hparams("EX2L", "Debug28")  # the default formulation
+    assert chosen == {**default, **FORMULATION_VALUES[DEFAULT_FORMULATION]}
     assert default["lr"] == erm_default["lr"]  # upstream's own keys still there
     for seed in (0, 3, 12345):
-        drawn = hparams_registry.random_hparams("EX2L", "Debug28", seed)
+        drawn = hparams_registry.random_hparams("EX2L_Literal", "Debug28", seed)
         for name, (_, fn) in fns.items():
             assert drawn[name] == fn(np.random.RandomState(_seed_hash(seed, name))), name
     drawn = hparams_registry.random_hparams("EX2L", "Debug28", 3)
