@@ -19,7 +19,7 @@ lint: $(STAMP)
 test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
-# The demo (sweeps/demo.toml): ERM, GroupDRO and EX2L on Spawrious-Lite M2M-Hard the DomainBed
+# The demo (sweeps/demo.toml): ERM, GroupDRO, AttributeDANN and EX2L on Spawrious-Lite M2M-Hard the DomainBed
 # way, two jobs at a time (the parallel launcher divides the cores between them); then the
 # accuracy and worst-group-accuracy tables and the Grad-CAM maps of ERM and EX2L on test images.
 # The data is generated on first use (cached in $(DEMO_DATA)); rerunning reuses finished runs

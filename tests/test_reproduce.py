@@ -125,7 +125,7 @@ def test_jobs_are_sweep_launch_jobs_both_ways(tmp_path, run_main):
 
 
 # The sweep that `make demo` ran before it ran sweeps/demo.toml.
-DEMO_SWEEP = ("--algorithms ERM GroupDRO EX2L --datasets SpawriousLiteM2M_hard --test_envs 0 "
+DEMO_SWEEP = ("--algorithms ERM GroupDRO AttributeDANN EX2L --datasets SpawriousLiteM2M_hard --test_envs 0 "
               "--data_dir data --output_dir out --command_launcher local --n_hparams 2 "
               "--n_trials 1 --skip_confirmation")
 
@@ -273,11 +273,12 @@ def test_missing_imagenet_weights_are_refused(tmp_path, monkeypatch):
 # The commands on a tiny definition
 
 
-def write_run(job: sweep.Job, acc: float, done: bool = True) -> None:
+def write_run(job: sweep.Job, acc: float, done: bool = True, **changed_hparams) -> None:
     """One checkpoint record: test env 0 at `acc` (worst group 0.1 lower), training envs at
-    0.9; plus `done`."""
+    0.9, the hparams train.py gives the job (with `changed_hparams` over them); plus `done`."""
     os.makedirs(job.output_dir, exist_ok=True)
-    record = {"args": job.train_args, "step": 4, "hparams": {}}
+    record = {"args": job.train_args, "step": 4,
+              "hparams": {**jobs.job_hparams(job.train_args), **changed_hparams}}
     for i in range(3):
         value = acc if i == 0 else 0.9
         record.update({f"env{i}_in_acc": value, f"env{i}_out_acc": value,
@@ -332,6 +333,26 @@ def test_launch_status_delete_collect(tmp_path, run_main):
     assert cells[4:] == ["70.0 +/- 10.0", "60.0 +/- 10.0", "70 +/- 1.5", "-", "[1]"]
     assert re.search(r"^DebugAttr28 +GroupDRO +0/2 +1 +50\.0 +40\.0 +- +- +-$", table, re.M)
     assert "[1] a test source" in table
+
+
+def test_finished_runs_with_other_hparams_are_named_and_refused(tmp_path, run_main):
+    """A default that changed since a run finished leaves its folder hash as it was: status
+    names the run, collect warns, launch refuses the folder in one line and deletes nothing."""
+    defn = tiny(tmp_path)
+    erm0, erm1, *_ = jobs.make_jobs(definition.load(defn), str(tmp_path / "data"),
+                                    str(tmp_path / "out"))
+    write_run(erm0, 0.8, lr=0.5)
+    write_run(erm1, 0.6)
+    status = run_main(cli.main, *args(tmp_path, "status", defn)).stdout
+    assert f"done (stale: other lr than this code gives): {erm0.output_dir}" in status
+    assert f"done: {erm1.output_dir}" in status
+    collected = run_main(cli.main, *args(tmp_path, "collect", defn))
+    assert collected.returncode == 0 and "warning: 1 of these runs" in collected.stderr
+    launched = run_main(cli.main, *args(tmp_path, "launch", defn, "--command_launcher",
+                                        "dummy", "--skip_confirmation"))
+    assert launched.returncode == 2 and launched.stderr.count("\n") == 1
+    assert "1 finished runs" in launched.stderr and "new --output_dir" in launched.stderr
+    assert "Dummy launcher" not in launched.stdout and os.path.isdir(erm0.output_dir)
 
 
 def test_collect_reads_only_the_definitions_runs(tmp_path, run_main):
@@ -439,4 +460,4 @@ def test_lite_data_is_generated_once_before_launching(tmp_path, run_main, monkey
     result = run_main(cli.main, *args(tmp_path, "launch", "demo", "--command_launcher", "dummy",
                                       "--skip_confirmation"))
     assert result.returncode == 0, result.stderr
-    assert calls == [str(tmp_path / "data")] and result.stdout.count("Dummy launcher:") == 6
+    assert calls == [str(tmp_path / "data")] and result.stdout.count("Dummy launcher:") == 8

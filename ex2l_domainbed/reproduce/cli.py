@@ -54,6 +54,7 @@ def launch(args: argparse.Namespace, d: definition.Definition, all_jobs: list[sw
         preflight.check_launcher_runs(args.command_launcher)
         preflight.check_data(d, args.data_dir)
         preflight.check_weights(d, [j.train_args for j in all_jobs])
+        jobs.check_not_stale(all_jobs, args.output_dir)
     for job in all_jobs:
         print(job)
     print(jobs.counts(all_jobs))

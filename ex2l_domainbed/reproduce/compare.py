@@ -19,6 +19,7 @@ from domainbed.lib import reporting
 from domainbed.lib.query import Q
 from domainbed.scripts import collect_results, sweep
 from ex2l_domainbed.reproduce.definition import Definition, Published
+from ex2l_domainbed.reproduce.jobs import stale_hparams
 
 MISSING = "-"
 
@@ -103,6 +104,11 @@ def collect(definition: Definition, jobs: list[sweep.Job], output_dir: str) -> N
                     + comparison_lines(definition, records, jobs)))
     if log:
         print(log.summary(), file=sys.stderr)
+    stale = sum(bool(stale_hparams(j)) for j in jobs)
+    if stale:
+        print(f"warning: {stale} of these runs were trained with other hparams than this code "
+              "gives the same jobs (a default changed since they ran); `status` names them.",
+              file=sys.stderr)
 
 
 def _jobs_line(jobs: list[sweep.Job]) -> str:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from domainbed.lib import run_folder
+from domainbed.lib.misc import UserInputError
 from domainbed.scripts import sweep
 from ex2l_domainbed.reproduce.definition import Definition
 
@@ -44,6 +45,32 @@ def job_hparams(train_args: dict) -> dict[str, Any]:
     return train.choose_hparams(argparse.Namespace(**{"hparams": None, **train_args}))
 
 
+def stale_hparams(job: sweep.Job) -> list[str]:
+    """For a finished job, the hparams its records hold with other values than this code
+    gives the job now (a default changed since it ran: the folder hash does not see it)."""
+    if job.state != sweep.Job.DONE:
+        return []
+    records = run_folder.read_records(job.output_dir)
+    recorded = records[0].get("hparams") if records and isinstance(records[0], dict) else None
+    if not isinstance(recorded, dict):
+        return []
+    now = json.loads(json.dumps(job_hparams(job.train_args)))  # as results.jsonl writes them
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+
+
+def check_not_stale(jobs: list[sweep.Job], output_dir: str) -> None:
+    """Refuse a folder whose finished runs were trained with other hparams than the same jobs
+    get now: their rows would mix two methods under one name."""
+    stale = [(j, names) for j in jobs if (names := stale_hparams(j))]
+    if stale:
+        job, names = stale[0]
+        raise UserInputError(
+            f"{len(stale)} finished runs in {output_dir} were trained with other hparams than "
+            f"this code gives the same jobs (e.g. {job.output_dir}: {', '.join(names[:3])}; "
+            f"a default changed since they ran); launch into a new --output_dir (nothing was "
+            f"deleted).")
+
+
 def counts(jobs: list[sweep.Job]) -> str:
     """sweep.py's summary line."""
     n = {state: sum(j.state == state for j in jobs)
@@ -74,7 +101,8 @@ def state_of(job: sweep.Job, scheduler: str | None = None) -> str:
     """done, running, queued, not started, incomplete (last step, resumable or not), or not
     launched."""
     if job.state == sweep.Job.DONE:
-        return "done"
+        stale = stale_hparams(job)
+        return f"done (stale: other {', '.join(stale)} than this code gives)" if stale else "done"
     if job.state == sweep.Job.NOT_LAUNCHED:
         return "not launched"
     step = run_folder.last_step(job.output_dir)
