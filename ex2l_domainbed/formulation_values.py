@@ -30,4 +30,4 @@ FORMULATION_VALUES: dict[str, dict[str, Any]] = {
 }
 
 # What `--algorithms EX2L` runs with no --hparams.
-DEFAULT_FORMULATION = "EX2L_BalancedConfounder"
+DEFAULT_FORMULATION = "EX2L_Conditional"
