@@ -19,7 +19,7 @@ FEATURES_ONLY = {"ex2l_detach_label": True, "ex2l_detach_confounder": True}
 
 def _penalty_grad(path: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(d overlap / d feature map, overlap) for one batch of DebugAttr28, same seed."""
-    hp = hparams_registry.default_hparams("EX2L", "DebugAttr28")
+    hp = hparams_registry.default_hparams("EX2L_Literal", "DebugAttr28")
     hp.update(FEATURES_ONLY, ex2l_penalty_path=path, ex2l_target=target, ex2l_gradcam="autograd")
     torch.manual_seed(0)
     data = datasets.get_dataset_class("DebugAttr28")("", [], hp)
